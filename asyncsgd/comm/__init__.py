@@ -1,0 +1,18 @@
+"""Communication backends behind one interface (see :mod:`asyncsgd.comm.base`)."""
+from __future__ import annotations
+
+from .base import CommTimeout, Communicator, DoneHandle, Handle
+
+
+def make_communicator(backend_cfg) -> Communicator:
+    """Create the communicator for ``backend_cfg`` in an already launched worker."""
+    if backend_cfg.name == "mpi":
+        from .mpi import MPICommunicator
+
+        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.progress)
+    from .torchdist import TorchDistCommunicator
+
+    return TorchDistCommunicator(backend_cfg.name, backend_cfg.timeout_s)
+
+
+__all__ = ["CommTimeout", "Communicator", "DoneHandle", "Handle", "make_communicator"]

@@ -1,0 +1,255 @@
+"""Typed config schema: one base dataclass per Hydra group, one subclass per choice.
+
+The YAML files under ``asyncsgd/conf`` pick a schema through their defaults list
+(``- base_<choice>``), so Hydra rejects misspelled keys and wrong types while
+composing. ``OmegaConf.to_object`` then builds these dataclasses, and each
+``__post_init__`` checks values and names the override to fix. Checks that need
+the machine (CUDA, mpi4py, mpiexec) live in :func:`asyncsgd.validate.check_environment`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message is one line naming the key to fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, allowed: list) -> None:
+    _require(value in allowed, f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+# ---------------------------------------------------------------- dataset
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: Optional[str] = None  # directory holding the on-disk data (unused by in-memory sets)
+    shuffle: bool = True  # reshuffle every epoch with a permutation seeded by seed+epoch
+    subset: Optional[int] = None  # use only the first N samples of a seeded permutation
+    target_acc: Optional[float] = None  # test accuracy that defines "time to target"
+
+    def __post_init__(self) -> None:
+        if self.subset is not None:
+            _require(self.subset >= 1, f"dataset.subset={self.subset} must be >= 1 (or null for all samples)")
+        if self.target_acc is not None:
+            _require(0.0 < self.target_acc <= 1.0, f"dataset.target_acc={self.target_acc} must be in (0, 1]")
+
+
+@dataclass
+class DigitsConfig(DatasetConfig):
+    name: str = "digits"
+    test_fraction: float = 0.2  # held-out share of scikit-learn's 1,797 images
+    split_seed: int = 0  # fixed so every run is scored on the same held-out images
+    target_acc: Optional[float] = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 < self.test_fraction < 1.0, f"dataset.test_fraction={self.test_fraction} must be in (0, 1)")
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    name: str = "synthetic"
+    shape: List[int] = field(default_factory=lambda: [3, 32, 32])  # channels, height, width
+    num_classes: int = 10
+    num_train: int = 2048  # samples
+    num_test: int = 512  # samples
+    noise: float = 1.0  # std of the per-sample noise around each class's mean image
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            len(self.shape) in (1, 3) and all(int(s) >= 1 for s in self.shape),
+            f"dataset.shape={list(self.shape)} must be [features] or [channels, height, width] of positive sizes",
+        )
+        _require(self.num_classes >= 2, f"dataset.num_classes={self.num_classes} must be >= 2")
+        _require(self.num_train >= 1, f"dataset.num_train={self.num_train} must be >= 1")
+        _require(self.num_test >= 1, f"dataset.num_test={self.num_test} must be >= 1")
+        _require(self.noise >= 0, f"dataset.noise={self.noise} must be >= 0")
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [128, 128])  # units per hidden layer
+
+    def __post_init__(self) -> None:
+        _require(all(int(h) >= 1 for h in self.hidden), f"model.hidden={list(self.hidden)} must be positive sizes")
+
+
+@dataclass
+class LeNetConfig(ModelConfig):
+    name: str = "lenet"
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    name: str = "cnn"
+
+
+# ---------------------------------------------------------------- backend
+@dataclass
+class BackendConfig:
+    name: str = MISSING
+    timeout_s: float = 120.0  # a collective that takes longer than this fails the job
+
+    def __post_init__(self) -> None:
+        _require(self.timeout_s > 0, f"backend.timeout_s={self.timeout_s} must be > 0")
+
+
+MPI_PROGRESS = ["thread", "test", "library"]
+
+
+@dataclass
+class MPIBackendConfig(BackendConfig):
+    name: str = "mpi"
+    # Who drives non-blocking reductions: a communication thread (thread), MPI_Test
+    # polling from the training thread's hooks (test), or MPICH's progress thread (library).
+    progress: str = "thread"
+    mpiexec: str = "mpiexec"  # launcher used by launcher=local
+    mpiexec_args: List[str] = field(default_factory=list)  # extra flags, e.g. ["-bind-to", "core"]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("backend.progress", self.progress, MPI_PROGRESS)
+
+
+@dataclass
+class TorchDistConfig(BackendConfig):
+    name: str = "gloo"
+    master_port: int = 0  # 0 lets the launcher pick a free port
+
+
+@dataclass
+class GlooConfig(TorchDistConfig):
+    name: str = "gloo"
+
+
+@dataclass
+class NCCLConfig(TorchDistConfig):
+    name: str = "nccl"
+
+
+# ---------------------------------------------------------------- strategy
+@dataclass
+class StrategyConfig:
+    name: str = MISSING
+
+
+@dataclass
+class SyncConfig(StrategyConfig):
+    name: str = "sync"
+    fuse: bool = True  # one allreduce of all gradients flattened together (else one per tensor)
+
+
+# ---------------------------------------------------------------- launcher
+@dataclass
+class LauncherConfig:
+    name: str = MISSING
+
+
+@dataclass
+class LocalLauncherConfig(LauncherConfig):
+    name: str = "local"
+    grace_s: float = 10.0  # after one worker fails, how long the others get to exit before SIGKILL
+
+
+@dataclass
+class ExternalLauncherConfig(LauncherConfig):
+    name: str = "external"
+
+
+# ---------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # samples per worker per step; the global batch is world_size * batch_size
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop after this many steps in total, whatever the epochs
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    threads: Optional[int] = None  # torch threads per worker; null = cores // workers on this host
+    eval_every_epochs: int = 1  # test-set evaluation period; 0 = only at the end
+    warmup_steps: int = 5  # steps left out of the median iteration time
+    log_every_steps: int = 1  # per-iteration metric rows are kept every N steps
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
+        _require(self.epochs >= 0, f"train.epochs={self.epochs} must be >= 0")
+        _require(self.max_steps is None or self.max_steps >= 0, f"train.max_steps={self.max_steps} must be >= 0 or null")
+        _require(self.lr >= 0, f"train.lr={self.lr} must be >= 0")
+        _require(self.momentum >= 0, f"train.momentum={self.momentum} must be >= 0")
+        _require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0")
+        _require(self.threads is None or self.threads >= 1, f"train.threads={self.threads} must be >= 1 or null")
+        _require(self.eval_every_epochs >= 0, f"train.eval_every_epochs={self.eval_every_epochs} must be >= 0")
+        _require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
+        _require(self.log_every_steps >= 1, f"train.log_every_steps={self.log_every_steps} must be >= 1")
+
+
+@dataclass
+class FaultConfig:
+    """Deliberate failure of one worker, for testing that a job never hangs."""
+
+    rank: Optional[int] = None  # which rank fails; null = no fault
+    step: int = 0  # at the start of this step
+    kind: str = "raise"  # raise an exception, or kill (SIGKILL itself)
+
+    def __post_init__(self) -> None:
+        _one_of("fault.kind", self.kind, ["raise", "kill"])
+        _require(self.step >= 0, f"fault.step={self.step} must be >= 0")
+
+
+# ---------------------------------------------------------------- top level
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    backend: BackendConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    launcher: LauncherConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    world_size: int = 2  # number of workers (processes), P
+    seed: int = 0  # model init and data order; identical on every rank
+    progress_bar: Optional[bool] = None  # null = only on an interactive terminal
+
+    def __post_init__(self) -> None:
+        _require(self.world_size >= 1, f"world_size={self.world_size} must be >= 1")
+        if self.fault.rank is not None:
+            _require(
+                0 <= self.fault.rank < self.world_size,
+                f"fault.rank={self.fault.rank} must be in [0, world_size={self.world_size})",
+            )
+
+
+GROUPS = {
+    "dataset": {"digits": DigitsConfig, "synthetic": SyntheticConfig},
+    "model": {"mlp": MLPConfig, "lenet": LeNetConfig, "cnn": CNNConfig},
+    "backend": {"mpi": MPIBackendConfig, "gloo": GlooConfig, "nccl": NCCLConfig},
+    "strategy": {"sync": SyncConfig},
+    "launcher": {"local": LocalLauncherConfig, "external": ExternalLauncherConfig},
+}
+
+
+def register_configs() -> None:
+    """Register the schemas so YAML files can extend them as ``base_<choice>``."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, choices in GROUPS.items():
+        for choice, schema in choices.items():
+            cs.store(group=group, name=f"base_{choice}", node=schema)

@@ -1,0 +1,125 @@
+"""Datasets and the exact data order of design.md ("Data order").
+
+Every epoch draws one permutation from ``seed + epoch`` (or keeps the natural
+order), cuts it into global batches of ``world_size * batch_size`` samples, and
+gives rank r the samples at positions r, r+P, r+2P... of each global batch. So a
+P-worker run visits exactly the global batches of a 1-worker run with batch P*b.
+torch's DistributedSampler (strided shards of one seeded permutation, then
+batches of b consecutive shard elements) produces exactly that order, so it is
+used as is; incomplete global batches at the end of an epoch are dropped so that
+every step averages over the same B samples in both runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+
+from .config import ConfigError, DatasetConfig
+
+
+@dataclass
+class DataSplits:
+    train: Dataset
+    test: Dataset
+    input_shape: Tuple[int, ...]  # one sample, without the batch dimension
+    num_classes: int
+
+
+def dataset_input_shape(cfg: DatasetConfig) -> Tuple[int, ...]:
+    """Sample shape known from the config alone (for checks before workers start)."""
+    if cfg.name == "digits":
+        return (1, 8, 8)
+    if cfg.name == "synthetic":
+        return tuple(int(s) for s in cfg.shape)
+    raise ConfigError(f"dataset={cfg.name} has no known input shape")
+
+
+def load_dataset(cfg: DatasetConfig, seed: int) -> DataSplits:
+    if cfg.name == "digits":
+        splits = _digits(cfg)
+    elif cfg.name == "synthetic":
+        splits = _synthetic(cfg, seed)
+    else:
+        raise ConfigError(f"dataset={cfg.name} is not known")
+    if cfg.subset is not None:
+        if cfg.subset > len(splits.train):
+            raise ConfigError(f"dataset.subset={cfg.subset} is larger than the {len(splits.train)} training samples")
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
+        splits.train = Subset(splits.train, order[: cfg.subset].tolist())
+    return splits
+
+
+def _digits(cfg) -> DataSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0  # pixel values are 0..16
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target, test_size=cfg.test_fraction, random_state=cfg.split_seed, stratify=digits.target
+    )
+    # Standardize with training statistics only: the held-out split stays unseen.
+    mean, std = float(x_train.mean()), float(x_train.std())
+
+    def tensors(x, y):
+        x = torch.from_numpy((x - mean) / std).unsqueeze(1)  # N x 1 x 8 x 8
+        return TensorDataset(x, torch.from_numpy(y).long())
+
+    return DataSplits(tensors(x_train, y_train), tensors(x_test, y_test), (1, 8, 8), 10)
+
+
+class SyntheticImages(Dataset):
+    """Class-conditional Gaussian samples, each generated on demand from (seed, index).
+
+    Generating on demand keeps large shapes (3x224x224) out of memory while every
+    rank still sees bit-identical samples.
+    """
+
+    def __init__(self, shape, num_classes: int, size: int, noise: float, seed: int, means: torch.Tensor):
+        self.shape, self.size, self.noise, self.seed = tuple(shape), size, noise, seed
+        self.means = means
+        self.labels = torch.randint(num_classes, (size,), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
+        label = int(self.labels[index])
+        x = self.means[label] + self.noise * torch.randn(self.shape, generator=g)
+        return x, label
+
+
+def _synthetic(cfg, seed: int) -> DataSplits:
+    shape = tuple(int(s) for s in cfg.shape)
+    means = torch.randn((cfg.num_classes, *shape), generator=torch.Generator().manual_seed(seed + 17))
+    train = SyntheticImages(shape, cfg.num_classes, cfg.num_train, cfg.noise, seed * 2 + 1, means)
+    test = SyntheticImages(shape, cfg.num_classes, cfg.num_test, cfg.noise, seed * 2 + 2, means)
+    return DataSplits(train, test, shape, cfg.num_classes)
+
+
+def make_train_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool):
+    """Loader of this rank's local batches; call ``loader.sampler.set_epoch(e)`` each epoch."""
+    if len(dataset) < batch_size * world_size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} x world_size={world_size} is larger than the "
+            f"{len(dataset)} training samples; lower train.batch_size"
+        )
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int):
+    """This rank's strided share of the test set, every sample exactly once across ranks."""
+    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False)
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
+    return num_samples // (batch_size * world_size)

@@ -1,0 +1,1 @@
+"""Starting workers: locally (mpiexec / torch elastic agent) or under an external launcher."""

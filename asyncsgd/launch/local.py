@@ -1,0 +1,165 @@
+"""launcher=local: start ``world_size`` workers on this machine and wait for them.
+
+backend=mpi goes through ``mpiexec`` (the MPI library's own process manager);
+gloo and nccl through torch's elastic agent (what torchrun runs). Neither is
+re-implemented here. When a worker fails, the job ends and :class:`WorkerFailure`
+names the rank, from the worker's own failure report or, when it was killed
+and could not write one, from the launcher's account mapped through pid files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..config import Config
+from ..runinfo import failures, rank_of_pid
+from .environment import default_threads
+
+log = logging.getLogger("asyncsgd")
+
+
+class WorkerFailure(RuntimeError):
+    def __init__(self, rank: Optional[int], reason: str, interrupted: bool = False):
+        self.rank, self.reason, self.interrupted = rank, reason, interrupted
+        who = f"worker rank {rank}" if rank is not None else "a worker (rank unknown)"
+        super().__init__(f"{who} failed: {reason}")
+
+
+def worker_env(cfg: Config, progress_bar: bool) -> Dict[str, str]:
+    """Environment every worker starts with (threads are fixed before torch loads)."""
+    threads = cfg.train.threads or default_threads(cfg.world_size)
+    env = {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "ASYNCSGD_PROGRESS_BAR": "1" if progress_bar else "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if cfg.backend.name == "mpi" and cfg.backend.progress == "library":
+        env["MPIR_CVAR_ASYNC_PROGRESS"] = "1"
+    return env
+
+
+def launch_local(cfg: Config, run_dir: Path, progress_bar: bool) -> None:
+    env = worker_env(cfg, progress_bar)
+    if cfg.backend.name == "mpi":
+        _launch_mpiexec(cfg, run_dir, env)
+    else:
+        _launch_elastic(cfg, run_dir, env)
+
+
+# ---------------------------------------------------------------- MPI
+_PID_RE = re.compile(r"PID (\d+) RUNNING AT")
+_ABORT_RE = re.compile(r"MPI_Abort\(.*?\) - process (\d+)")
+
+
+def mpiexec_command(cfg: Config, run_dir: Path) -> List[str]:
+    return [cfg.backend.mpiexec, "-n", str(cfg.world_size), *cfg.backend.mpiexec_args,
+            sys.executable, "-m", "asyncsgd.worker", str(run_dir)]
+
+
+def _launch_mpiexec(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
+    cmd = mpiexec_command(cfg, run_dir)
+    log.info("starting %d MPI workers: %s", cfg.world_size, " ".join(cmd))
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: List[str] = []
+    # Pass the workers' output through as it comes (chunks, not lines: the
+    # progress bar redraws with \r) and keep it to find who failed.
+    pumps = [threading.Thread(target=_pump, args=(src, dst, seen), daemon=True)
+             for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+    for p in pumps:
+        p.start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        # mpiexec forwards SIGINT to the ranks; give them a moment to record it.
+        try:
+            code = proc.wait(timeout=cfg.launcher.grace_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+            code = proc.wait()
+        for p in pumps:
+            p.join(timeout=2)
+        raise WorkerFailure(None, "interrupted (SIGINT)", interrupted=True)
+    for p in pumps:
+        p.join(timeout=5)
+    if code != 0:
+        raise _mpi_failure(run_dir, "".join(seen), code)
+
+
+def _pump(src, dst, seen: List[str]) -> None:
+    fd = src.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        text = chunk.decode(errors="replace")
+        seen.append(text)
+        dst.write(text)
+        dst.flush()
+
+
+def _mpi_failure(run_dir: Path, output: str, code: int) -> WorkerFailure:
+    reports = failures(run_dir)
+    if reports:
+        first = reports[0]
+        return WorkerFailure(first["rank"], first["error"], interrupted=code == 130)
+    match = _PID_RE.search(output)
+    if match:
+        pid = int(match.group(1))
+        rank = rank_of_pid(run_dir, pid)
+        signal_text = re.search(r"EXIT STRING: (.+)", output)
+        reason = signal_text.group(1).strip() if signal_text else f"exit code {code}"
+        return WorkerFailure(rank, f"process {pid} ended: {reason}")
+    match = _ABORT_RE.search(output)
+    if match:
+        return WorkerFailure(int(match.group(1)), "called MPI_Abort")
+    return WorkerFailure(None, f"mpiexec exited with status {code}")
+
+
+# ---------------------------------------------------------------- torch.distributed
+def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from ..worker import elastic_entry
+
+    # Children inherit the agent's environment; the agent is this process.
+    os.environ.update(env)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=cfg.world_size,
+        run_id=f"asyncsgd-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{cfg.backend.master_port}",  # port 0: pick a free one
+        max_restarts=0,  # a failed run is reported, not silently re-run
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
+    log.info("starting %d %s workers with torch's elastic agent", cfg.world_size, cfg.backend.name)
+    try:
+        elastic_launch(config, elastic_entry)(str(run_dir))
+    except ChildFailedError as exc:
+        raise _elastic_failure(run_dir, exc) from None
+
+
+def _elastic_failure(run_dir: Path, exc) -> WorkerFailure:
+    reports = failures(run_dir)
+    if reports:
+        first = reports[0]
+        return WorkerFailure(first["rank"], first["error"])
+    # No report: the process died without running its handler (SIGKILL, OOM).
+    dead = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
+    for rank, failure in dead:
+        if failure.exitcode != 0:
+            how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+            return WorkerFailure(rank, f"process {failure.pid} {how}")
+    return WorkerFailure(None, str(exc).strip().splitlines()[0])

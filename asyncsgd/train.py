@@ -1,0 +1,216 @@
+"""The training loop of one worker: forward, backward, synchronize, update.
+
+Every strategy runs through the same loop; timing goes through a
+:class:`~asyncsgd.metrics.PhaseTimer` and bookkeeping through :class:`Tracker`,
+so the loop itself reads like the algorithm.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .comm import Communicator
+from .config import Config
+from .data import load_dataset, make_eval_loader, make_train_loader
+from .io import atomic_torch_save
+from .metrics import MetricsLog, PhaseTimer
+from .models import build_model, count_parameters
+from .runinfo import update_summary
+from .strategies import make_strategy
+
+log = logging.getLogger("asyncsgd")
+
+
+def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress: bool = False) -> dict:
+    """Train on this rank; returns the run summary (written to disk by rank 0)."""
+    writer = comm.rank == 0  # one flag gates all file output
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    device = comm.device
+
+    data = load_dataset(cfg.dataset, cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    for tensor in model.state_dict().values():  # identical start on every rank
+        comm.broadcast(tensor, root=0)
+
+    timer = PhaseTimer()
+    strategy = make_strategy(cfg.strategy, comm, timer)
+    net = strategy.attach(
+        model,
+        lambda params: torch.optim.SGD(
+            params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+        ),
+    )
+    loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle)
+    test_loader = make_eval_loader(data.test, max(256, cfg.train.batch_size), comm.rank, comm.size)
+    total_steps = len(loader) * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer)
+    log.info(
+        "rank 0 of %d: %s, %s (%d parameters), strategy=%s, backend=%s, %d steps of global batch %d, %d threads",
+        comm.size, cfg.dataset.name, cfg.model.name, count_parameters(model), cfg.strategy.name, comm.name,
+        total_steps, cfg.train.batch_size * comm.size, threads,
+    )
+
+    step, epoch = 0, 0
+    try:
+        while step < total_steps:
+            loader.sampler.set_epoch(epoch)
+            batches = iter(loader)
+            while step < total_steps:
+                t0 = time.perf_counter()
+                with timer.phase("data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+                inject_fault(cfg, comm.rank, step)
+
+                strategy.zero_grad()
+                with timer.phase("forward"):
+                    out = net(x)
+                    loss = F.cross_entropy(out, y)  # mean over the local batch
+                with timer.phase("backward"):
+                    loss.backward()  # strategy hooks may start reductions here
+                with timer.phase("comm_wait"):
+                    strategy.synchronize()
+                with timer.phase("update"):
+                    strategy.step()
+
+                tracker.iteration(step, epoch, loss, out, y, strategy.lr, timer.pop(), time.perf_counter() - t0)
+                step += 1
+            # Evaluation needs the true current weights: complete everything in flight.
+            strategy.flush()
+            epoch += 1
+            last = step >= total_steps
+            evaluate_now = last or (cfg.train.eval_every_epochs > 0 and epoch % cfg.train.eval_every_epochs == 0)
+            tracker.end_epoch(step, epoch - 1, model if evaluate_now else None, test_loader)
+        strategy.finish()
+        if epoch == 0 or not tracker.evaluated_at(step):
+            tracker.end_epoch(step, max(epoch - 1, 0), model, test_loader)
+    finally:
+        strategy.close()
+        tracker.close()
+
+    summary = tracker.summary(model, strategy)
+    if writer:
+        atomic_torch_save(run_dir / "model_final.pt", model.state_dict())
+        update_summary(run_dir, **summary)
+    return summary
+
+
+def evaluate(model: torch.nn.Module, loader, comm: Communicator) -> tuple[float, float]:
+    """Test loss and accuracy over the whole test set (each rank scores its share)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=comm.device)  # loss sum, correct, count
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(comm.device), y.to(comm.device)
+            out = model(x)
+            sums[0] += F.cross_entropy(out, y, reduction="sum").item()
+            sums[1] += (out.argmax(1) == y).sum().item()
+            sums[2] += len(y)
+    model.train()
+    comm.allreduce(sums, average=False)
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
+def inject_fault(cfg: Config, rank: int, step: int) -> None:
+    """fault.rank/fault.step: fail on purpose, to prove the job does not hang."""
+    if cfg.fault.rank != rank or cfg.fault.step != step:
+        return
+    if cfg.fault.kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"fault injected on rank {rank} at step {step} (fault.kind=raise)")
+
+
+class Tracker:
+    """Bookkeeping of one run: metrics rows, epoch statistics, progress bar, summary."""
+
+    def __init__(self, cfg: Config, comm: Communicator, run_dir: Optional[Path], total_steps: int, progress: bool):
+        self.cfg, self.comm, self.total_steps = cfg, comm, total_steps
+        self.metrics = MetricsLog(run_dir / "metrics.csv" if run_dir is not None else None)
+        self.start = time.perf_counter()
+        self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=comm.device)  # loss sum, correct, count
+        self.last_eval: Optional[dict] = None
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, desc=f"{cfg.strategy.name} P={comm.size}")
+
+    def iteration(self, step, epoch, loss, out, y, lr, times, t_iter) -> None:
+        loss_value = loss.item()  # CPU: free; on a GPU this is the one host sync per step
+        n = len(y)
+        self.epoch_sums[0] += loss_value * n
+        self.epoch_sums[1] += (out.detach().argmax(1) == y).sum()
+        self.epoch_sums[2] += n
+        samples = n * self.comm.size
+        keep = step % self.cfg.train.log_every_steps == 0
+        self.metrics.iteration(step, epoch, loss_value, lr, times, t_iter, samples,
+                               time.perf_counter() - self.start, keep_row=keep)
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 10 == 0:
+                self.bar.set_postfix(loss=f"{loss_value:.3f}", samples_s=f"{samples / t_iter:.0f}", refresh=False)
+
+    def end_epoch(self, step: int, epoch: int, model, test_loader) -> None:
+        """Global train loss/accuracy of the epoch, and test metrics if ``model`` is given."""
+        sums = self.comm.allreduce(self.epoch_sums.clone(), average=False)
+        self.epoch_sums.zero_()
+        values = {}
+        if sums[2] > 0:
+            values.update(train_loss=float(sums[0] / sums[2]), train_acc=float(sums[1] / sums[2]))
+        if model is not None:
+            test_loss, test_acc = evaluate(model, test_loader, self.comm)
+            values.update(test_loss=test_loss, test_acc=test_acc)
+            self.last_eval = {"step": step, "test_loss": test_loss, "test_acc": test_acc}
+        wall = time.perf_counter() - self.start
+        self.metrics.epoch(step, epoch, wall, **values)
+        if "test_acc" in values:
+            log.info("epoch %d step %d: train loss %.4f, test accuracy %.4f (%.1fs)", epoch, step,
+                     values.get("train_loss", float("nan")), values["test_acc"], wall)
+
+    def evaluated_at(self, step: int) -> bool:
+        return self.last_eval is not None and self.last_eval["step"] == step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics.flush()
+
+    def summary(self, model, strategy) -> dict:
+        cfg = self.cfg
+        median = self.metrics.median_iter_s(cfg.train.warmup_steps)
+        global_batch = cfg.train.batch_size * self.comm.size
+        target = cfg.dataset.target_acc
+        time_to_target = next(
+            (r["wall_s"] for r in self.metrics.epoch_rows() if target is not None and r.get("test_acc", -1) >= target),
+            None,
+        )
+        last = self.last_eval or {}
+        return {
+            "status": "complete",
+            "steps": len(self.metrics.iter_times),
+            "epochs_completed": sum(1 for r in self.metrics.epoch_rows() if "train_loss" in r),
+            "median_iter_s": median,
+            "throughput_samples_s": global_batch / median if median else None,
+            "final_test_acc": last.get("test_acc"),
+            "final_test_loss": last.get("test_loss"),
+            "target_acc": target,
+            "time_to_target_s": time_to_target,
+            "train_wall_s": time.perf_counter() - self.start,
+            "parameters": count_parameters(model),
+            "gradient_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            **strategy.describe(),
+            "comm": self.comm.describe(),
+        }

@@ -1,0 +1,167 @@
+"""Check a command line before any worker starts: compose every job of the
+(multi)run, build the typed config, and check what the machine must provide.
+Every problem becomes one :class:`ConfigError` line naming the key to fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from typing import List, Optional
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import GROUPS, Config, ConfigError, FaultConfig, TrainConfig, register_configs
+
+CONFIG_MODULE = "asyncsgd.conf"
+
+
+def options(group: str) -> List[str]:
+    """The public choices of a config group (schemas named base_* are internal)."""
+    import importlib.resources
+
+    files = importlib.resources.files(CONFIG_MODULE).joinpath(group)
+    found = sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml")) if files.is_dir() else []
+    return found or sorted(GROUPS.get(group, {}))
+
+
+def explain(exc: BaseException, overrides: List[str]) -> str:
+    """One line a user can act on, from whatever Hydra or OmegaConf raised."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if isinstance(exc, MissingConfigException) and missing:
+        group, choice = missing.groups()
+        return f"{group}={choice} is not an option; choose one of {', '.join(options(group))}"
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    cause_text = str(cause)
+    key = re.search(r"full_key: (\S+)", cause_text)
+    not_in = re.search(r"Key '([^']+)' not in '([^']+)'", cause_text)
+    if not_in:
+        full = key.group(1) if key else not_in.group(1)
+        parent = full.rsplit(".", 1)[0] if "." in full else ""
+        valid = _valid_keys(parent)
+        where = f" under {parent}" if parent else ""
+        hint = f"; valid keys{where}: {', '.join(valid)}" if valid else ""
+        return f"{full} is not a config key{hint}"
+    convert = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", cause_text)
+    if convert and key:
+        return f"{key.group(1)}={convert.group(1)!r} is not a valid {convert.group(2).lower()}"
+    if "Ambiguous value for argument" in text:
+        arg = re.search(r"argument '([^']+)'", text)
+        return f"{arg.group(1) if arg else 'a value'} lists several values: add -m (--multirun) to sweep over them"
+    first = next((line.strip() for line in cause_text.splitlines() if line.strip()), type(cause).__name__)
+    return first
+
+
+def _valid_keys(parent: str) -> List[str]:
+    """Keys allowed under ``parent`` ("" = top level), across every choice of a group."""
+    if not parent:
+        return sorted(f.name for f in dataclasses.fields(Config))
+    if parent in GROUPS:
+        return sorted({f.name for schema in GROUPS[parent].values() for f in dataclasses.fields(schema)})
+    section = {"train": TrainConfig, "fault": FaultConfig}.get(parent)
+    return sorted(f.name for f in dataclasses.fields(section)) if section else []
+
+
+def expand_sweep(overrides: List[str]) -> List[List[str]]:
+    """The override list of each job a multirun would start (Hydra's basic sweeper order)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [job for batch in batches for job in batch] or [[]]
+
+
+def compose_jobs(overrides: List[str], multirun: bool) -> List[Config]:
+    """Compose and type-check every job; raises ConfigError with one line."""
+    register_configs()
+    jobs = expand_sweep(overrides) if multirun else [overrides]
+    GlobalHydra.instance().clear()
+    configs = []
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            for job in jobs:
+                try:
+                    cfg = compose("config", overrides=list(job))
+                    configs.append(OmegaConf.to_object(cfg))
+                except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as exc:
+                    raise ConfigError(explain(exc, list(job))) from None
+    except HydraException as exc:  # the sweep syntax itself
+        raise ConfigError(explain(exc, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return configs
+
+
+def check_combination(cfg: Config) -> None:
+    """Settings that are valid alone but not together."""
+    from .data import dataset_input_shape
+    from .models import check_model_input
+
+    check_model_input(cfg.model, dataset_input_shape(cfg.dataset))
+
+
+_probe_cache: dict = {}
+
+
+def check_environment(cfg: Config) -> None:
+    """What this machine must provide for ``cfg`` (checked once per distinct need)."""
+    backend = cfg.backend.name
+    if backend == "nccl":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "backend=nccl needs CUDA GPUs, but torch.cuda.is_available() is False on this machine; "
+                "use backend=gloo or backend=mpi"
+            )
+        if cfg.launcher.name == "local" and cfg.world_size > torch.cuda.device_count():
+            raise ConfigError(
+                f"world_size={cfg.world_size} with backend=nccl needs one GPU per worker; "
+                f"this machine has {torch.cuda.device_count()}"
+            )
+    if backend == "mpi":
+        if importlib.util.find_spec("mpi4py") is None:
+            raise ConfigError(
+                "backend=mpi needs mpi4py: pip install 'asyncsgd[mpi]' (or use backend=gloo)"
+            )
+        if cfg.launcher.name == "local" and shutil.which(cfg.backend.mpiexec) is None:
+            raise ConfigError(
+                f"backend.mpiexec={cfg.backend.mpiexec!r} was not found on PATH; install an MPI "
+                "(pip install 'asyncsgd[mpi]' brings MPICH) or set backend.mpiexec"
+            )
+        if cfg.backend.progress == "library" and not _mpi_thread_multiple():
+            raise ConfigError(
+                "backend.progress=library needs an MPI with MPI_THREAD_MULTIPLE support, and this one "
+                "does not provide it; use backend.progress=thread or test"
+            )
+
+
+def _mpi_thread_multiple() -> bool:
+    """Ask the MPI library (in a throwaway process, so this one never initialises MPI)."""
+    if "thread_multiple" not in _probe_cache:
+        code = "from mpi4py import MPI; print(int(MPI.Query_thread() == MPI.THREAD_MULTIPLE))"
+        try:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            _probe_cache["thread_multiple"] = out.stdout.strip() == "1"
+        except (OSError, subprocess.SubprocessError):
+            _probe_cache["thread_multiple"] = False
+    return _probe_cache["thread_multiple"]
+
+
+def check_all(overrides: List[str], multirun: bool) -> List[Config]:
+    configs = compose_jobs(overrides, multirun)
+    for cfg in configs:
+        check_combination(cfg)
+        check_environment(cfg)
+    return configs

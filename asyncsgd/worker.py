@@ -1,0 +1,97 @@
+"""One worker process: connect to the others, train, and fail loudly.
+
+Started by ``mpiexec ... python -m asyncsgd.worker RUN_DIR`` (backend=mpi), by
+torch's elastic agent calling :func:`elastic_entry` (gloo/nccl), or directly by
+the Hydra app under ``launcher=external``. A worker that fails records which
+rank it is and why, then ends the whole job (MPI_Abort, or exit so the elastic
+agent stops the rest): a peer never waits forever.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .config import Config
+from .launch.environment import default_threads, detect, prepare_torchdist_env
+from .runinfo import load_config, record_failure, update_summary, write_pid
+
+log = logging.getLogger("asyncsgd")
+
+EXIT_INTERRUPTED = 130
+
+
+def _setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[asyncsgd rank{rank}] %(message)s", stream=sys.stderr, force=True)
+
+
+def _is_secondary(exc: BaseException) -> bool:
+    """A failure caused by a peer going away, rather than by this rank."""
+    from .comm import CommTimeout
+
+    text = str(exc).lower()
+    return isinstance(exc, CommTimeout) or any(
+        s in text for s in ("connection reset", "connection closed", "broken pipe", "peer", "timed out")
+    )
+
+
+def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
+    """Connect, agree on the run dir (rank 0's), train; on failure record it and end the job."""
+    if cfg.backend.name != "mpi":
+        place = detect()
+        if place is not None:
+            prepare_torchdist_env(place)
+    from .comm import make_communicator
+
+    comm = make_communicator(cfg.backend)
+    _setup_logging(comm.rank)
+    # Under an external launcher every rank composed its own config; rank 0's run dir wins.
+    run_dir = Path(comm.broadcast_object(str(run_dir) if comm.rank == 0 else None, root=0))
+    write_pid(run_dir, comm.rank)
+    place = detect()
+    workers_here = place.local_size if place else comm.size
+    threads = cfg.train.threads or default_threads(workers_here)
+    progress = os.environ.get("ASYNCSGD_PROGRESS_BAR") == "1"
+    try:
+        summary = train_entry(cfg, run_dir, comm, threads, progress)
+    except KeyboardInterrupt as exc:
+        _fail(comm, run_dir, exc, status="interrupted", code=EXIT_INTERRUPTED)
+    except BaseException as exc:
+        _fail(comm, run_dir, exc, status="failed", code=1)
+    comm.close()
+    return summary
+
+
+def train_entry(cfg, run_dir, comm, threads, progress):
+    from .train import train  # imported late: torch start-up is the slow part
+
+    return train(cfg, run_dir, comm, threads, progress)
+
+
+def _fail(comm, run_dir: Path, exc: BaseException, status: str, code: int) -> None:
+    record_failure(run_dir, comm.rank, exc, secondary=_is_secondary(exc))
+    log.error("rank %d %s: %s: %s", comm.rank, status, type(exc).__name__, exc)
+    if comm.rank == 0:
+        update_summary(run_dir, status=status, error=f"{type(exc).__name__}: {exc}")
+    sys.stderr.flush()
+    comm.abort(code)
+
+
+def elastic_entry(run_dir: str) -> None:
+    """Entry point for torch's elastic agent (one call per local worker process)."""
+    run_worker(load_config(Path(run_dir)), Path(run_dir))
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m asyncsgd.worker RUN_DIR")
+    run_dir = Path(argv[0])
+    run_worker(load_config(run_dir), run_dir)
+
+
+if __name__ == "__main__":
+    main()
