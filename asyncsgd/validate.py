@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from typing import List, Optional
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import GROUPS, Config, ConfigError, FaultConfig, TrainConfig, register_configs
+from .launch.environment import find_executable
 
 CONFIG_MODULE = "asyncsgd.conf"
 
@@ -135,7 +135,7 @@ def check_environment(cfg: Config) -> None:
             raise ConfigError(
                 "backend=mpi needs mpi4py: pip install 'asyncsgd[mpi]' (or use backend=gloo)"
             )
-        if cfg.launcher.name == "local" and shutil.which(cfg.backend.mpiexec) is None:
+        if cfg.launcher.name == "local" and find_executable(cfg.backend.mpiexec) is None:
             raise ConfigError(
                 f"backend.mpiexec={cfg.backend.mpiexec!r} was not found on PATH; install an MPI "
                 "(pip install 'asyncsgd[mpi]' brings MPICH) or set backend.mpiexec"
