@@ -157,6 +157,48 @@ class SyncConfig(StrategyConfig):
     fuse: bool = True  # one allreduce of all gradients flattened together (else one per tensor)
 
 
+WAIT_AT = ["forward", "step"]
+
+
+@dataclass
+class LayerwiseConfig(StrategyConfig):
+    name: str = "layerwise"
+    # forward: wait for a layer's reduction and update it just before its forward in the
+    # next iteration (the paper's method); step: wait for all right after backward.
+    wait_at: str = "forward"
+    bucket_mb: float = 0.0  # MiB; fuse consecutive layers up to this size (0 = one reduction per layer)
+
+    def __post_init__(self) -> None:
+        _one_of("strategy.wait_at", self.wait_at, WAIT_AT)
+        _require(self.bucket_mb >= 0, f"strategy.bucket_mb={self.bucket_mb} must be >= 0")
+
+
+@dataclass
+class DelayedConfig(StrategyConfig):
+    name: str = "delayed"
+    k: int = 1  # steps of staleness: the gradient of step t is applied at step t+k
+    drain: bool = True  # at the end, apply the k gradients still in flight
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 0, f"strategy.k={self.k} must be an integer >= 0")
+
+
+@dataclass
+class DDPConfig(StrategyConfig):
+    name: str = "ddp"
+    bucket_mb: float = 25.0  # MiB; DDP's bucket_cap_mb
+
+    def __post_init__(self) -> None:
+        _require(self.bucket_mb > 0, f"strategy.bucket_mb={self.bucket_mb} must be > 0")
+
+
+@dataclass
+class NoCommConfig(StrategyConfig):
+    """Timing baseline only: no gradient exchange at all (not data-parallel SGD)."""
+
+    name: str = "nocomm"
+
+
 # ---------------------------------------------------------------- launcher
 @dataclass
 class LauncherConfig:
@@ -187,6 +229,8 @@ class TrainConfig:
     eval_every_epochs: int = 1  # test-set evaluation period; 0 = only at the end
     warmup_steps: int = 5  # steps left out of the median iteration time
     log_every_steps: int = 1  # per-iteration metric rows are kept every N steps
+    grad_clip_norm: Optional[float] = None  # clip the global gradient norm to this before each update
+    measure_comm: bool = False  # time fused allreduces of the whole gradient alone before training (T_comm)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
@@ -199,6 +243,8 @@ class TrainConfig:
         _require(self.eval_every_epochs >= 0, f"train.eval_every_epochs={self.eval_every_epochs} must be >= 0")
         _require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
         _require(self.log_every_steps >= 1, f"train.log_every_steps={self.log_every_steps} must be >= 1")
+        _require(self.grad_clip_norm is None or self.grad_clip_norm > 0,
+                 f"train.grad_clip_norm={self.grad_clip_norm} must be > 0 or null")
 
 
 @dataclass
@@ -227,9 +273,15 @@ class Config:
     world_size: int = 2  # number of workers (processes), P
     seed: int = 0  # model init and data order; identical on every rank
     progress_bar: Optional[bool] = None  # null = only on an interactive terminal
+    timeline: bool = False  # write timeline.json (Chrome trace) of a few steps
+    timeline_first_step: int = 5  # first traced step (after warm-up)
+    timeline_steps: int = 5  # number of traced steps
+    timeline_all_ranks: bool = False  # trace every rank (gathered into one file by rank 0), not just rank 0
 
     def __post_init__(self) -> None:
         _require(self.world_size >= 1, f"world_size={self.world_size} must be >= 1")
+        _require(self.timeline_first_step >= 0, f"timeline_first_step={self.timeline_first_step} must be >= 0")
+        _require(self.timeline_steps >= 1, f"timeline_steps={self.timeline_steps} must be >= 1")
         if self.fault.rank is not None:
             _require(
                 0 <= self.fault.rank < self.world_size,
@@ -241,7 +293,8 @@ GROUPS = {
     "dataset": {"digits": DigitsConfig, "synthetic": SyntheticConfig},
     "model": {"mlp": MLPConfig, "lenet": LeNetConfig, "cnn": CNNConfig},
     "backend": {"mpi": MPIBackendConfig, "gloo": GlooConfig, "nccl": NCCLConfig},
-    "strategy": {"sync": SyncConfig},
+    "strategy": {"sync": SyncConfig, "layerwise": LayerwiseConfig, "delayed": DelayedConfig, "ddp": DDPConfig,
+                 "nocomm": NoCommConfig},
     "launcher": {"local": LocalLauncherConfig, "external": ExternalLauncherConfig},
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ from .metrics import MetricsLog, PhaseTimer
 from .models import build_model, count_parameters
 from .runinfo import update_summary
 from .strategies import make_strategy
+from .timeline import Timeline, write_trace
 
 log = logging.getLogger("asyncsgd")
 
@@ -41,13 +43,17 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
         comm.broadcast(tensor, root=0)
 
     timer = PhaseTimer()
-    strategy = make_strategy(cfg.strategy, comm, timer)
+    timeline = Timeline(comm.rank, cfg.timeline_first_step, cfg.timeline_steps,
+                        enabled=cfg.timeline and (writer or cfg.timeline_all_ranks))
+    strategy = make_strategy(cfg.strategy, comm, timer, timeline, clip_norm=cfg.train.grad_clip_norm)
     net = strategy.attach(
         model,
         lambda params: torch.optim.SGD(
             params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
         ),
     )
+    timeline.watch(model)
+    comm_alone = measure_allreduce(comm, model) if cfg.train.measure_comm else None
     loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle)
     test_loader = make_eval_loader(data.test, max(256, cfg.train.batch_size), comm.rank, comm.size)
     total_steps = len(loader) * cfg.train.epochs
@@ -99,13 +105,45 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
             tracker.end_epoch(step, max(epoch - 1, 0), model, test_loader)
     finally:
         strategy.close()
+        timeline.close()
         tracker.close()
 
     summary = tracker.summary(model, strategy)
+    summary["allreduce_alone_s"] = comm_alone
+    if cfg.timeline:
+        events = gather_timeline(timeline, comm, cfg.timeline_all_ranks)
+        if writer:
+            write_trace(run_dir / "timeline.json", events)
     if writer:
         atomic_torch_save(run_dir / "model_final.pt", model.state_dict())
         update_summary(run_dir, **summary)
     return summary
+
+
+def measure_allreduce(comm: Communicator, model: torch.nn.Module, repeats: int = 15) -> Optional[float]:
+    """Median time of one fused allreduce of the whole gradient, with nothing else running (T_comm)."""
+    if comm.size == 1:
+        return 0.0
+    buffer = torch.zeros(sum(p.numel() for p in model.parameters()), device=comm.device)
+    times = []
+    for _ in range(repeats + 2):
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce(buffer)
+        times.append(time.perf_counter() - t0)
+    # every rank reports rank 0's figure so the summary is one number
+    return comm.broadcast_object(statistics.median(times[2:]), root=0)
+
+
+def gather_timeline(timeline: Timeline, comm: Communicator, all_ranks: bool) -> list:
+    """Rank 0's trace events, plus every other rank's when asked (one broadcast per rank)."""
+    events = timeline.trace_events() if comm.rank == 0 else []
+    if all_ranks:
+        for r in range(1, comm.size):
+            theirs = comm.broadcast_object(timeline.trace_events() if comm.rank == r else None, root=r)
+            if comm.rank == 0:
+                events += theirs
+    return events
 
 
 def evaluate(model: torch.nn.Module, loader, comm: Communicator) -> tuple[float, float]:

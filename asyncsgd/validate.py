@@ -109,6 +109,13 @@ def check_combination(cfg: Config) -> None:
     from .models import check_model_input
 
     check_model_input(cfg.model, dataset_input_shape(cfg.dataset))
+    if cfg.strategy.name == "ddp" and cfg.backend.name == "mpi":
+        raise ConfigError("strategy=ddp needs torch.distributed: use backend=gloo or backend=nccl (not backend=mpi)")
+    if cfg.strategy.name == "layerwise" and cfg.strategy.wait_at == "forward" and cfg.train.grad_clip_norm:
+        raise ConfigError(
+            "train.grad_clip_norm needs the whole gradient before any update, but strategy.wait_at=forward "
+            "updates layer by layer; use strategy.wait_at=step or drop train.grad_clip_norm"
+        )
 
 
 _probe_cache: dict = {}
