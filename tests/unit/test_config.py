@@ -18,6 +18,7 @@ def test_defaults_compose_to_the_documented_experiment():
 @pytest.mark.parametrize("group,choice", [
     ("dataset", "digits"), ("dataset", "synthetic"), ("model", "mlp"), ("model", "lenet"), ("model", "cnn"),
     ("backend", "mpi"), ("backend", "gloo"), ("backend", "nccl"), ("strategy", "sync"),
+    ("strategy", "layerwise"), ("strategy", "delayed"), ("strategy", "ddp"), ("strategy", "nocomm"),
     ("launcher", "local"), ("launcher", "external"),
 ])
 def test_every_option_composes(group, choice):
@@ -46,10 +47,17 @@ def test_sweep_expands_to_every_combination_in_order():
     ("train.epochs=-1", "train.epochs=-1 must be >= 0"),
     ("backend.progress=magic", "backend.progress='magic' is not allowed; choose one of thread, test, library"),
     ("fault.rank=5", "fault.rank=5 must be in [0, world_size=2)"),
+    ("strategy=delayed strategy.k=-1", "strategy.k=-1 must be an integer >= 0"),
+    ("strategy=delayed strategy.k=1.5", "strategy.k='1.5' is not a valid integer"),
+    ("strategy=layerwise strategy.bucket_mb=-1", "strategy.bucket_mb=-1.0 must be >= 0"),
+    ("strategy=layerwise strategy.wait_at=middle", "strategy.wait_at='middle' is not allowed; choose one of forward, step"),
+    ("strategy=ddp backend=mpi", "strategy=ddp needs torch.distributed: use backend=gloo or backend=nccl"),
+    ("strategy=layerwise train.grad_clip_norm=1.0", "train.grad_clip_norm needs the whole gradient"),
+    ("strategy.k=2", "strategy.k is not a config key; valid keys under strategy:"),
 ])
 def test_bad_values_name_the_key(override, expected):
     with pytest.raises(ConfigError) as info:
-        check_all([override], multirun=False)
+        check_all(override.split(), multirun=False)
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
@@ -95,3 +103,16 @@ def test_cli_exits_2_with_one_line_and_writes_no_run(workdir, args, expected):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("asyncsgd-run: error: ") and expected in lines[0]
     assert not (workdir / "results").exists()
+
+
+def test_library_progress_needs_thread_multiple(monkeypatch):
+    if not HAVE_MPI:
+        pytest.skip("needs mpi4py")
+    import asyncsgd.validate as validate
+
+    monkeypatch.setattr(validate, "_mpi_thread_multiple", lambda: False)  # an MPI without thread support
+    with pytest.raises(ConfigError, match="backend.progress=library needs an MPI with MPI_THREAD_MULTIPLE"):
+        check_all(["backend.progress=library"], multirun=False)
+    monkeypatch.undo()
+    (cfg,) = check_all(["backend.progress=library"], multirun=False)  # this machine's MPICH has it
+    assert cfg.backend.progress == "library"
