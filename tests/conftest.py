@@ -50,18 +50,31 @@ def _cifar_rows(images: np.ndarray) -> np.ndarray:
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
 
 
+def _write_batch(path: Path, n: int, num_classes: int, seed: int, label_key: str) -> None:
+    images, labels = labelled_images(n, num_classes, (32, 32, 3), seed)
+    path.write_bytes(pickle.dumps({"data": _cifar_rows(images), label_key: labels.tolist()}))
+
+
 def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 20) -> Path:
+    """cifar-10-batches-py/: data_batch_1..5 (seeds 11..15), test_batch (seed 20), batches.meta."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i in range(1, 6):
-        images, labels = labelled_images(per_batch, 10, (32, 32, 3), seed=10 + i)
-        batch = {"batch_label": f"training batch {i} of 5", "data": _cifar_rows(images), "labels": labels.tolist()}
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    images, labels = labelled_images(n_test, 10, (32, 32, 3), seed=20)
-    test = {"batch_label": "testing batch 1 of 1", "data": _cifar_rows(images), "labels": labels.tolist()}
-    (folder / "test_batch").write_bytes(pickle.dumps(test))
+        _write_batch(folder / f"data_batch_{i}", per_batch, 10, seed=10 + i, label_key="labels")
+    _write_batch(folder / "test_batch", n_test, 10, seed=20, label_key="labels")
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}))
+    return root
+
+
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
+    """cifar-100-python/: train, test (100 "fine" classes), meta."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    _write_batch(folder / "train", n_train, 100, seed=30, label_key="fine_labels")
+    _write_batch(folder / "test", n_test, 100, seed=31, label_key="fine_labels")
+    meta = {"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": [f"super{i}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta))
     return root
 
 

@@ -5,10 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from asyncsgd.config import CIFAR10Config, ConfigError, ImageNetConfig, MNISTConfig
+from asyncsgd.config import (
+    CIFAR10Config,
+    CIFAR100Config,
+    ConfigError,
+    FashionMNISTConfig,
+    ImageNetConfig,
+    MNISTConfig,
+)
 from asyncsgd.data import check_dataset_root, dataset_input_shape, load_dataset, make_train_loader
 from asyncsgd.image_data import STATS
-from conftest import labelled_images, write_cifar10, write_image_folder, write_mnist
+from conftest import labelled_images, write_cifar100, write_image_folder, write_mnist
 
 
 def _pixels(x: torch.Tensor, name: str) -> np.ndarray:
@@ -35,6 +42,17 @@ def test_cifar10_reads_the_pickled_batches_in_order(cifar10_root):
     x, y = data.train[20 + 5]
     np.testing.assert_allclose(_pixels(x, "cifar10").transpose(1, 2, 0), images[5], atol=1e-3)
     assert y == labels[5]
+
+
+def test_fashion_mnist_and_cifar100_layouts(tmp_path):
+    fashion = load_dataset(FashionMNISTConfig(root=str(write_mnist(tmp_path / "f", folder="FashionMNIST"))), seed=0)
+    assert (len(fashion.train), len(fashion.test), fashion.input_shape) == (200, 50, (1, 28, 28))
+    root = write_cifar100(tmp_path / "c")
+    check_dataset_root(CIFAR100Config(root=str(root)))
+    cifar = load_dataset(CIFAR100Config(root=str(root)), seed=0)
+    assert (len(cifar.train), len(cifar.test), cifar.num_classes) == (200, 100, 100)
+    _, labels = labelled_images(100, 100, (32, 32, 3), seed=31)
+    assert [cifar.test[i][1] for i in range(100)] == labels.tolist()
 
 
 def test_cifar_augmentation_is_a_function_of_seed_epoch_and_index(cifar10_root):
