@@ -116,7 +116,7 @@ def check_root(cfg: DatasetConfig) -> None:
                 if fh.read(4) != _IDX_MAGIC[kind]:
                     raise ConfigError(
                         f"dataset={cfg.name}: {folder / f} is not an uncompressed idx {kind} file; "
-                        f"replace it (delete it and {DOWNLOAD_HINT.split('add ', 1)[1]})"
+                        f"delete it and {DOWNLOAD_HINT}"
                     )
 
 

@@ -15,7 +15,7 @@ from asyncsgd.config import (
 )
 from asyncsgd.data import check_dataset_root, dataset_input_shape, load_dataset, make_train_loader
 from asyncsgd.image_data import STATS
-from conftest import labelled_images, write_cifar100, write_image_folder, write_mnist
+from conftest import labelled_images, write_cifar10, write_cifar100, write_image_folder, write_mnist
 
 
 def _pixels(x: torch.Tensor, name: str) -> np.ndarray:
@@ -194,6 +194,15 @@ def test_mnist_check_spots_gzipped_and_foreign_files(tmp_path):
     assert "gunzip" in _error(MNISTConfig(root=str(root)))
     target.write_bytes(b"<html>not found</html>")
     assert "is not an uncompressed idx labels file" in _error(MNISTConfig(root=str(root)))
+
+
+def test_unreadable_cifar_batch_is_one_line(tmp_path):
+    root = write_cifar10(tmp_path / "c")
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:100])  # truncated copy: present, so the up-front check passes
+    check_dataset_root(CIFAR10Config(root=str(root)))
+    with pytest.raises(ConfigError, match=r"dataset=cifar10: could not read .*cifar-10-batches-py: "):
+        load_dataset(CIFAR10Config(root=str(root)), seed=0)
 
 
 def test_image_folder_checks(tmp_path):
