@@ -35,11 +35,16 @@ class DatasetConfig:
     root: Optional[str] = None  # directory holding the on-disk data (unused by in-memory sets)
     shuffle: bool = True  # reshuffle every epoch with a permutation seeded by seed+epoch
     subset: Optional[int] = None  # use only the first N samples of a seeded permutation
+    test_subset: Optional[int] = None  # evaluate on only the first N test samples of a fixed permutation
     target_acc: Optional[float] = None  # test accuracy that defines "time to target"
+    workers: int = 0  # DataLoader processes per rank that decode/augment samples; 0 = in the training process
 
     def __post_init__(self) -> None:
         if self.subset is not None:
             _require(self.subset >= 1, f"dataset.subset={self.subset} must be >= 1 (or null for all samples)")
+        if self.test_subset is not None:
+            _require(self.test_subset >= 1, f"dataset.test_subset={self.test_subset} must be >= 1 (or null for all)")
+        _require(self.workers >= 0, f"dataset.workers={self.workers} must be >= 0")
         if self.target_acc is not None:
             _require(0.0 < self.target_acc <= 1.0, f"dataset.target_acc={self.target_acc} must be in (0, 1]")
 
@@ -77,6 +82,62 @@ class SyntheticConfig(DatasetConfig):
         _require(self.noise >= 0, f"dataset.noise={self.noise} must be >= 0")
 
 
+@dataclass
+class TorchvisionSetConfig(DatasetConfig):
+    """A dataset read by torchvision's own class from its standard layout under ``root``.
+
+    The YAML files default ``root`` to $ASYNCSGD_DATA: these sets live side by side under one directory.
+    """
+
+    download: bool = False  # fetch into dataset.root with torchvision's downloader (needs internet)
+
+
+@dataclass
+class MNISTConfig(TorchvisionSetConfig):
+    name: str = "mnist"
+    target_acc: Optional[float] = 0.98
+
+
+@dataclass
+class FashionMNISTConfig(TorchvisionSetConfig):
+    name: str = "fashion_mnist"
+    target_acc: Optional[float] = 0.88
+
+
+@dataclass
+class CIFAR10Config(TorchvisionSetConfig):
+    name: str = "cifar10"
+    augment: bool = True  # training images: random 32x32 crop of the 4-px zero-padded image, then random flip
+    target_acc: Optional[float] = 0.80
+
+
+@dataclass
+class CIFAR100Config(CIFAR10Config):
+    name: str = "cifar100"
+    target_acc: Optional[float] = 0.50
+
+
+@dataclass
+class ImageNetConfig(DatasetConfig):
+    """An ImageFolder tree: root/train/<class>/<image>, root/val/<class>/<image>."""
+
+    name: str = "imagenet"
+    size: int = 224  # px, side of the square crop fed to the model
+    val_resize: Optional[int] = None  # px, shorter side before the center crop; null = size / 0.875 (256 for 224)
+    min_scale: float = 0.08  # smallest share of the image area a training crop may cover
+    workers: int = 2  # JPEG decoding is the bottleneck: decode in DataLoader processes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.size >= 1, f"dataset.size={self.size} must be >= 1 (pixels)")
+        if self.val_resize is not None:
+            _require(
+                self.val_resize >= self.size,
+                f"dataset.val_resize={self.val_resize} must be >= dataset.size={self.size} (or null)",
+            )
+        _require(0.0 < self.min_scale <= 1.0, f"dataset.min_scale={self.min_scale} must be in (0, 1]")
+
+
 # ---------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
@@ -100,6 +161,72 @@ class LeNetConfig(ModelConfig):
 @dataclass
 class CNNConfig(ModelConfig):
     name: str = "cnn"
+
+
+STEMS = ["auto", "imagenet", "small"]
+
+
+def _probability(key: str, value: float) -> None:
+    _require(0.0 <= value < 1.0, f"{key}={value} must be in [0, 1)")
+
+
+@dataclass
+class TorchvisionModelConfig(ModelConfig):
+    """A torchvision network, randomly initialised, whose first layers may be adapted to small images."""
+
+    # imagenet: torchvision's stem; small: a stride-1 3x3 first convolution without the early
+    # downsampling (docs/models.md); auto: small when the input's shorter side is below 64 px.
+    stem: str = "auto"
+
+    def __post_init__(self) -> None:
+        _one_of("model.stem", self.stem, STEMS)
+
+
+@dataclass
+class AlexNetConfig(TorchvisionModelConfig):
+    name: str = "alexnet"
+    dropout: float = 0.5  # probability, before each of the two 4096-wide layers
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _probability("model.dropout", self.dropout)
+
+
+@dataclass
+class GoogLeNetConfig(TorchvisionModelConfig):
+    name: str = "googlenet"
+    aux_logits: bool = True  # the two auxiliary classifiers of the paper, trained alongside (ignored at test time)
+    aux_weight: float = 0.3  # weight of each auxiliary classifier's loss in the training loss
+    dropout: float = 0.2  # probability, before the main classifier
+    dropout_aux: float = 0.7  # probability, inside each auxiliary classifier
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.aux_weight >= 0, f"model.aux_weight={self.aux_weight} must be >= 0")
+        _probability("model.dropout", self.dropout)
+        _probability("model.dropout_aux", self.dropout_aux)
+
+
+@dataclass
+class ResNet18Config(TorchvisionModelConfig):
+    name: str = "resnet18"
+
+
+@dataclass
+class ResNet50Config(TorchvisionModelConfig):
+    name: str = "resnet50"
+
+
+@dataclass
+class VGG11Config(ModelConfig):
+    """VGG-11 needs no stem change: its poolings round up, so 28x28 input survives all five."""
+
+    name: str = "vgg11"
+    batch_norm: bool = False  # vgg11_bn: BatchNorm after every convolution
+    dropout: float = 0.5  # probability, before each of the two 4096-wide layers
+
+    def __post_init__(self) -> None:
+        _probability("model.dropout", self.dropout)
 
 
 # ---------------------------------------------------------------- backend
@@ -290,8 +417,25 @@ class Config:
 
 
 GROUPS = {
-    "dataset": {"digits": DigitsConfig, "synthetic": SyntheticConfig},
-    "model": {"mlp": MLPConfig, "lenet": LeNetConfig, "cnn": CNNConfig},
+    "dataset": {
+        "digits": DigitsConfig,
+        "synthetic": SyntheticConfig,
+        "mnist": MNISTConfig,
+        "fashion_mnist": FashionMNISTConfig,
+        "cifar10": CIFAR10Config,
+        "cifar100": CIFAR100Config,
+        "imagenet": ImageNetConfig,
+    },
+    "model": {
+        "mlp": MLPConfig,
+        "lenet": LeNetConfig,
+        "cnn": CNNConfig,
+        "alexnet": AlexNetConfig,
+        "googlenet": GoogLeNetConfig,
+        "resnet18": ResNet18Config,
+        "resnet50": ResNet50Config,
+        "vgg11": VGG11Config,
+    },
     "backend": {"mpi": MPIBackendConfig, "gloo": GlooConfig, "nccl": NCCLConfig},
     "strategy": {"sync": SyncConfig, "layerwise": LayerwiseConfig, "delayed": DelayedConfig, "ddp": DDPConfig,
                  "nocomm": NoCommConfig},

@@ -22,7 +22,7 @@ from .config import Config
 from .data import load_dataset, make_eval_loader, make_train_loader
 from .io import atomic_torch_save
 from .metrics import MetricsLog, PhaseTimer
-from .models import build_model, count_parameters
+from .models import average_buffers, build_model, count_parameters, loss_and_logits
 from .runinfo import update_summary
 from .strategies import make_strategy
 from .timeline import Timeline, write_trace
@@ -54,8 +54,10 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
     )
     timeline.watch(model)
     comm_alone = measure_allreduce(comm, model) if cfg.train.measure_comm else None
-    loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle)
-    test_loader = make_eval_loader(data.test, max(256, cfg.train.batch_size), comm.rank, comm.size)
+    loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle,
+                               num_workers=cfg.dataset.workers)
+    test_loader = make_eval_loader(data.test, max(256, cfg.train.batch_size), comm.rank, comm.size,
+                                   num_workers=cfg.dataset.workers)
     total_steps = len(loader) * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -83,8 +85,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
 
                 strategy.zero_grad()
                 with timer.phase("forward"):
-                    out = net(x)
-                    loss = F.cross_entropy(out, y)  # mean over the local batch
+                    loss, out = loss_and_logits(net(x), y, cfg.model)  # mean over the local batch (+ aux losses)
                 with timer.phase("backward"):
                     loss.backward()  # strategy hooks may start reductions here
                 with timer.phase("comm_wait"):
@@ -148,6 +149,7 @@ def gather_timeline(timeline: Timeline, comm: Communicator, all_ranks: bool) -> 
 
 def evaluate(model: torch.nn.Module, loader, comm: Communicator) -> tuple[float, float]:
     """Test loss and accuracy over the whole test set (each rank scores its share)."""
+    average_buffers(model, comm)  # BatchNorm statistics: one set, from every rank's batches
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=comm.device)  # loss sum, correct, count
     with torch.no_grad():

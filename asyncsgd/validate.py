@@ -123,6 +123,9 @@ _probe_cache: dict = {}
 
 def check_environment(cfg: Config) -> None:
     """What this machine must provide for ``cfg`` (checked once per distinct need)."""
+    from .data import check_dataset_root
+
+    check_dataset_root(cfg.dataset)
     backend = cfg.backend.name
     if backend == "nccl":
         import torch

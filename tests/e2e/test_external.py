@@ -1,12 +1,11 @@
 """launcher=external: every rank runs asyncsgd-run under mpiexec or torchrun."""
 from __future__ import annotations
 
-import shutil
 import sys
 
 import pytest
 
-from ..conftest import needs_mpi, read_summary, run_cli
+from ..conftest import MPIEXEC, needs_mpi, read_summary, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,7 @@ def _single_run_dir(workdir):
 
 @needs_mpi
 def test_under_mpiexec_the_ranks_share_rank0s_run_dir(workdir):
-    prefix = [shutil.which("mpiexec"), "-n", "2"]
+    prefix = [MPIEXEC, "-n", "2"]
     result = run_cli(["launcher=external", "backend=mpi", "train.max_steps=20", "world_size=2"],
                      cwd=workdir, prefix=prefix)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -37,7 +37,7 @@ def test_sweep_expands_to_every_combination_in_order():
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("dataset=foo", "dataset=foo is not an option; choose one of digits, synthetic"),
+    ("dataset=foo", "dataset=foo is not an option; choose one of cifar10, cifar100, digits, fashion_mnist, imagenet, mnist, synthetic"),
     ("strategy=nope", "strategy=nope is not an option; choose one of"),
     ("train.lrr=0.1", "train.lrr is not a config key; valid keys under train: batch_size"),
     ("world_size=0", "world_size=0 must be >= 1"),
