@@ -92,7 +92,10 @@ class Run:
 
     @property
     def status(self) -> str:
-        return str(self.summary.get("status") or "no summary.json")
+        if self.summary.get("status"):
+            return str(self.summary["status"])
+        unreadable = any(p.startswith("summary.json") and "missing" not in p for p in self.problems)
+        return "unreadable summary.json" if unreadable else "no summary.json"
 
 
 def _natural_key(path: Path) -> list:
