@@ -122,11 +122,11 @@ def find_runs(dirs: Sequence[Path]) -> Tuple[List[Path], List[Sweep]]:
         def refuse(err: OSError) -> None:
             raise ReportError(f"{err.filename}: cannot read ({err.strerror})")
 
-        for root, subdirs, files in os.walk(top, onerror=refuse):
-            here = Path(root)
+        for root, subdirs, files in os.walk(top.resolve(), onerror=refuse):
+            here = Path(root)  # absolute: the same run named twice (./a and a) is one run
             # .hydra, .asyncsgd and .submitit hold bookkeeping, never runs
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            if "multirun.yaml" in files:
+            if "multirun.yaml" in files and all(s.path != here for s in sweeps):
                 sweeps.append(Sweep(here, _sweep_jobs(here / "multirun.yaml")))
             if _is_run_dir(here):
                 runs.append(here)
@@ -360,6 +360,8 @@ def runs_frame(runs: Sequence[Run], target_acc: Optional[float] = None, relative
     rows = []
     for run, label in zip(runs, labels):
         s, c = run.summary, run.config
+        if not isinstance(c.get("strategy"), dict) and s.get("strategy"):
+            label = str(s["strategy"])  # no config to read the strategy's keys from: its name at least
         flat = _flatten(c)
         world_size = s.get("world_size", flat.get("world_size"))
         batch = s.get("batch_size", flat.get("train.batch_size"))
@@ -477,7 +479,8 @@ def speedup_frame(runs: pd.DataFrame, baseline: str = "sync") -> pd.DataFrame:
     table = table.sort_values(["_setting", "_order", "world_size"], kind="stable").reset_index(drop=True)
 
     def lookup(setting: str, strategy: Optional[str], world_size) -> Optional[pd.Series]:
-        hit = table[(table["_setting"] == setting) & (table["strategy"] == strategy) & (table["world_size"] == world_size)]
+        mask = (table["_setting"] == setting) & (table["strategy"] == strategy) & (table["world_size"] == world_size)
+        hit = table[mask.fillna(False).astype(bool)]  # a run without a world size matches nothing
         return hit.iloc[0] if len(hit) else None
 
     speedup, scaling, gap, ttt_speedup = [], [], [], []
@@ -549,13 +552,15 @@ def _ratio(value: float) -> str:
 def iteration_table(table: pd.DataFrame) -> str:
     shown, _ = _shown_settings(table)
     baseline = table["baseline"].dropna().iloc[0] if table["baseline"].notna().any() else "baseline"
+    # a sweep without 1-worker runs (the demo) has no scaling column rather than one of dashes
+    scaling = table["scaling_speedup"].notna().any()
     headers = [SETTING_LABELS.get(c, c) for c in shown] + [
         "strategy", "workers", "runs", "iteration (ms)", "throughput (samples/s)", f"speedup vs {baseline}",
-        "speedup vs 1 worker"]
+        *(["speedup vs 1 worker"] if scaling else [])]
     rows = [[_value_text(r[c]) for c in shown] + [
         r["strategy"], str(r["world_size"]), str(r["runs"]), _cell(r, "iter_ms", "sig"),
         _cell(r, "throughput_samples_s", ",.0f"), _ratio(r["speedup_vs_baseline"]),
-        _ratio(r["scaling_speedup"])] for _, r in table.iterrows()]
+        *([_ratio(r["scaling_speedup"])] if scaling else [])] for _, r in table.iterrows()]
     return _md_table(headers, rows)
 
 
@@ -639,8 +644,8 @@ def render_markdown(runs: pd.DataFrame, table: pd.DataFrame, missing: List[dict]
         out += [
             "## Iteration time and throughput", "",
             f"Median time per training iteration after warm-up and global throughput, with the speedup over {base} "
-            "(its iteration time divided by this row's, same setting and workers) and over one worker of the same "
-            "strategy (throughput ratio at a fixed per-worker batch).", "",
+            "(its iteration time divided by this row's, same setting and workers) and, where 1-worker runs exist, "
+            "over one worker of the same strategy (throughput ratio at a fixed per-worker batch).", "",
             iteration_table(table), "",
             "## Convergence", "",
             f"Test accuracy at the end of training, its gap to {base} in percentage points, and the wall-clock time "
@@ -684,14 +689,14 @@ def _setting_name(values: dict) -> str:
     return ", ".join(f"{SETTING_LABELS.get(k, k)} {_value_text(v)}" for k, v in values.items())
 
 
-def _facets(runs: pd.DataFrame) -> Tuple[List[Tuple[str, pd.DataFrame]], List[str]]:
-    """(setting description, its runs) per varying setting; model always named."""
-    complete = runs[runs["status"] == "complete"]
-    varying = [c for c in setting_columns(runs) if c in complete and (c == "model" or complete[c].astype(str).nunique() > 1)]
-    facets = []
-    for _, group in complete.groupby([complete[c].astype(str) for c in varying], sort=True):
-        facets.append((_setting_name({c: group.iloc[0][c] for c in varying}), group))
-    return facets, varying
+def _facets(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
+    """(setting description, its rows) per setting among the complete runs; model is always named."""
+    complete = frame[frame["status"] == "complete"] if "status" in frame else frame
+    varying = [c for c in setting_columns(frame) if c in complete and (c == "model" or complete[c].astype(str).nunique() > 1)]
+    if complete.empty or not varying:
+        return []
+    return [(_setting_name({c: group.iloc[0][c] for c in varying}), group)
+            for _, group in complete.groupby([complete[c].astype(str) for c in varying], sort=True)]
 
 
 def _aligned(curves: List[pd.DataFrame], key: str, x: str, y: str) -> pd.DataFrame:
@@ -711,7 +716,7 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
     """
     key = "step" if kind == "iter" else "epoch"
     complete = frame[frame["status"] == "complete"]
-    facets, _ = _facets(frame)
+    facets = _facets(frame)
     sizes = sorted(complete["world_size"].dropna().unique())
     colors = _colors(complete["strategy"])
     fig, axes = _figure(max(1, len(facets)), max(1, len(sizes)), title)
@@ -785,7 +790,7 @@ def plot_accuracy(runs: Sequence[Run], frame: pd.DataFrame, path: Path, x: str =
 
 def plot_speedup(table: pd.DataFrame, path: Path) -> None:
     """Throughput speedup over one worker against workers, per strategy, with the linear ideal."""
-    facets, _ = _facets(table.assign(status="complete")) if not table.empty else ([], [])
+    facets = _facets(table)
     fig, axes = _figure(1, max(1, len(facets)), "Speedup vs number of workers")
     colors = _colors(table["strategy"]) if not table.empty else {}
     for ax, (name, group) in zip(axes[0], facets or [("", table)]):
@@ -812,7 +817,7 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
 
 def plot_breakdown(table: pd.DataFrame, path: Path) -> None:
     """Stacked mean time per iteration by phase, one bar per strategy and world size."""
-    facets, _ = _facets(table.assign(status="complete")) if not table.empty else ([], [])
+    facets = _facets(table)
     width = max([len(g) for _, g in facets] or [1])
     fig, axes = _figure(max(1, len(facets)), 1, "Time per iteration by phase (mean after warm-up, rank 0)")
     fig.set_size_inches(max(8.0, 0.9 * width + 4.0), fig.get_size_inches()[1])

@@ -209,6 +209,7 @@ def test_a_varying_config_key_becomes_a_setting_column(tmp_path):
     assert report.table["train.lr"].tolist() == [0.05, 0.1]
     iteration = md_tables(report.markdown.read_text())[0]
     assert iteration[0][:3] == ["model", "train.lr", "strategy"]
+    assert iteration[0][-1] == "speedup vs sync"  # no 1-worker runs: no column of dashes for scaling
     assert [row[1] for row in iteration[1:]] == ["0.05", "0.1"]
     # model.hidden exists for mlp only: comparing it against other models would invent a setting
     make_run(tmp_path / "r2", model="lenet", median_iter_s=0.02)
@@ -260,6 +261,7 @@ def test_run_dirs_are_found_in_job_order_and_bookkeeping_is_skipped(tmp_path):
     runs, _ = find_runs([tmp_path])
     assert [p.name for p in runs] == ["0", "1", "2", "10"]
     assert find_runs([tmp_path / "2"])[0] == [tmp_path / "2"]  # a run dir itself
+    assert len(find_runs([tmp_path, tmp_path / "0"])[0]) == 4  # named twice, counted once
 
 
 @pytest.mark.parametrize("case,message", [
@@ -287,6 +289,32 @@ def test_broken_files_are_findings_not_crashes(tmp_path):
     assert runs.loc["broken", "status"] == "unreadable summary.json"
     assert "metrics file unreadable" in runs.loc["broken", "error"]
     assert len(report.table) == 1
+
+
+def test_a_summary_without_config_fields_falls_back_to_the_hydra_config(tmp_path):
+    """Under launcher=external the summary holds only results; the setting comes from .hydra/config.yaml."""
+    import json
+
+    run = make_run(tmp_path / "r", strategy=DELAYED, world_size=4, batch_size=8, model="lenet", median_iter_s=0.02)
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("strategy", "world_size", "model", "dataset", "backend", "batch_size", "global_batch_size", "seed",
+                "config"):
+        summary.pop(key)
+    (run / "summary.json").write_text(json.dumps(summary))
+    row = runs_frame(load_runs([tmp_path])[0]).iloc[0]
+    assert (row["strategy"], row["world_size"], row["model"], row["batch_size"], row["global_batch_size"]) == (
+        "delayed(k=1)", 4, "lenet", 8, 32)
+    assert row["median_iter_s"] == pytest.approx(0.02) and row["status"] == "complete"
+
+
+def test_a_sweep_where_nothing_completed_still_reports_why(tmp_path):
+    make_run(tmp_path / "0", status="failed", error="CommTimeout: rank 1 went away")
+    report = make_report([tmp_path])
+    text = report.markdown.read_text()
+    assert "No run completed, so there are no tables." in text and md_tables(text) == []
+    assert "- `0` (sync, 2 workers, seed 0): **failed**: CommTimeout: rank 1 went away" in text
+    assert report.main_table == "(no complete runs)"
+    assert all(png_size(p)[0] >= 600 for p in report.plots)
 
 
 def test_target_acc_must_be_a_fraction(tmp_path):
