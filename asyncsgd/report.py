@@ -678,11 +678,15 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
 
 
-def _colors(labels: Iterable[str]) -> Dict[str, tuple]:
+def _styles(labels: Iterable[str]) -> Dict[str, dict]:
+    """Colour and dash per strategy. Equivalent strategies (sync, layerwise, ddp) draw the very same
+    loss curve; the dashes and the thinning widths keep each of them visible on top of the others."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(dict.fromkeys(labels))}
+    dashes = ["-", "--", "-.", ":"]
+    return {label: {"color": cmap(i % 10), "ls": dashes[i % len(dashes)], "lw": max(0.8, 2.2 - 0.25 * i)}
+            for i, label in enumerate(dict.fromkeys(labels))}
 
 
 def _setting_name(values: dict) -> str:
@@ -709,7 +713,8 @@ def _aligned(curves: List[pd.DataFrame], key: str, x: str, y: str) -> pd.DataFra
 
 
 def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: str, x: str, y: str,
-                 title: str, xlabel: str, ylabel: str, scale: float = 1.0, smooth: bool = False) -> None:
+                 title: str, xlabel: str, ylabel: str, scale: float = 1.0, smooth: bool = False,
+                 log: bool = False) -> None:
     """One line per strategy (median over its runs, min–max band), facets per setting and world size.
 
     ``frame`` is runs_frame(runs): row i describes runs[i].
@@ -718,7 +723,7 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
     complete = frame[frame["status"] == "complete"]
     facets = _facets(frame)
     sizes = sorted(complete["world_size"].dropna().unique())
-    colors = _colors(complete["strategy"])
+    styles = _styles(complete["strategy"])
     fig, axes = _figure(max(1, len(facets)), max(1, len(sizes)), title)
     for i, (name, group) in enumerate(facets):
         for j, size in enumerate(sizes):
@@ -747,12 +752,18 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
                     # rank 0's local-batch loss is noisy: a centred moving mean over 2% of the run shows the trend
                     ys = ys.rolling(window, center=True, min_periods=1).mean()
                     ax.set_ylabel(f"{ylabel}, mean of {window} steps")
-                ax.plot(agg["x"], ys["y_med"], color=colors[label], label=label, lw=1.4,
-                        marker="o" if kind == "epoch" else None, ms=3)
+                ax.plot(agg["x"], ys["y_med"], label=label, marker="o" if kind == "epoch" else None, ms=3,
+                        **styles[label])
                 if len(curves) > 1:
-                    ax.fill_between(agg["x"], ys["y_min"], ys["y_max"], color=colors[label], alpha=0.15, lw=0)
+                    ax.fill_between(agg["x"], ys["y_min"], ys["y_max"], color=styles[label]["color"], alpha=0.15, lw=0)
             if not ax.lines:
                 ax.text(0.5, 0.5, "no complete runs", ha="center", va="center", transform=ax.transAxes, color="grey")
+            elif log and all((line.get_ydata() > 0).all() for line in ax.lines):
+                ax.set_yscale("log")  # late training is a factor of 100 below the start: linear hides it
+            if x == "epoch":
+                from matplotlib.ticker import MaxNLocator
+
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5"
     _legend(fig, axes)
     _save(fig, path)
 
@@ -773,7 +784,7 @@ def _legend(fig, axes, title: str = "strategy") -> None:
 def plot_loss(runs: Sequence[Run], frame: pd.DataFrame, path: Path, x: str = "step") -> None:
     """Training loss (rank 0's local batch) against iteration or wall-clock time, per strategy."""
     time_axis = x == "wall_s"
-    _plot_curves(runs, frame, path, kind="iter", x=x, y="loss", smooth=True,
+    _plot_curves(runs, frame, path, kind="iter", x=x, y="loss", smooth=True, log=True,
                  title=f"Training loss vs {'wall-clock time' if time_axis else 'iteration'}",
                  xlabel="wall-clock time since start (s)" if time_axis else "iteration",
                  ylabel="training loss (rank 0 batch)")
@@ -792,7 +803,7 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
     """Throughput speedup over one worker against workers, per strategy, with the linear ideal."""
     facets = _facets(table)
     fig, axes = _figure(1, max(1, len(facets)), "Speedup vs number of workers")
-    colors = _colors(table["strategy"]) if not table.empty else {}
+    styles = _styles(table["strategy"]) if not table.empty else {}
     for ax, (name, group) in zip(axes[0], facets or [("", table)]):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("workers")
@@ -803,7 +814,7 @@ def plot_speedup(table: pd.DataFrame, path: Path) -> None:
         for label, rows in group.groupby("strategy", sort=False):
             rows = rows[rows["scaling_speedup"].notna()].sort_values("world_size")
             if len(rows):
-                ax.plot(rows["world_size"], rows["scaling_speedup"], marker="o", color=colors[label], label=label)
+                ax.plot(rows["world_size"], rows["scaling_speedup"], marker="o", label=label, **styles[label])
                 plotted = True
         if plotted:
             ax.plot(sizes, sizes, ls="--", color="black", lw=1, label="ideal (linear)")
