@@ -450,6 +450,12 @@ def _group_stats(runs: pd.DataFrame) -> dict:
     return row
 
 
+def _by_value(column: pd.Series) -> pd.Series:
+    """Sort key: numbers as numbers (batch 4 before 16), anything else as text."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers if numbers.notna().all() else column.astype(str)
+
+
 def speedup_frame(runs: pd.DataFrame, baseline: str = "sync") -> pd.DataFrame:
     """One row per (setting, strategy, world size) over the complete runs (speedup.csv).
 
@@ -476,7 +482,7 @@ def speedup_frame(runs: pd.DataFrame, baseline: str = "sync") -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table["_setting"] = table[settings].astype(str).agg("|".join, axis=1)
     table["_order"] = table["strategy"].map(order)
-    table = table.sort_values(["_setting", "_order", "world_size"], kind="stable").reset_index(drop=True)
+    table = table.sort_values([*settings, "_order", "world_size"], key=_by_value, kind="stable").reset_index(drop=True)
 
     def lookup(setting: str, strategy: Optional[str], world_size) -> Optional[pd.Series]:
         mask = (table["_setting"] == setting) & (table["strategy"] == strategy) & (table["world_size"] == world_size)
@@ -700,7 +706,8 @@ def _facets(frame: pd.DataFrame) -> List[Tuple[str, pd.DataFrame]]:
     if complete.empty or not varying:
         return []
     return [(_setting_name({c: group.iloc[0][c] for c in varying}), group)
-            for _, group in complete.groupby([complete[c].astype(str) for c in varying], sort=True)]
+            for _, group in complete.sort_values(varying, key=_by_value, kind="stable")
+                                     .groupby([complete[c].astype(str) for c in varying], sort=False)]
 
 
 def _aligned(curves: List[pd.DataFrame], key: str, x: str, y: str) -> pd.DataFrame:

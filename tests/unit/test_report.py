@@ -216,6 +216,15 @@ def test_a_varying_config_key_becomes_a_setting_column(tmp_path):
     assert "model.hidden" not in runs_frame(load_runs([tmp_path])[0]).columns
 
 
+def test_rows_sort_numbers_as_numbers(tmp_path):
+    for batch in (16, 4, 64, 1):
+        for name in ("delayed", "sync"):
+            make_run(tmp_path / f"{name}{batch}", batch_size=batch, strategy={"name": name, "k": 1} if name == "delayed" else None)
+    table = speedup_frame(runs_frame(load_runs([tmp_path])[0]))
+    assert table["batch_size"].tolist() == [1, 1, 4, 4, 16, 16, 64, 64]
+    assert table["strategy"].tolist()[:2] == ["sync", "delayed(k=1)"]  # the baseline first within a setting
+
+
 def test_baseline_by_name_or_label(tmp_path):
     for i, wait_at in enumerate(("forward", "step")):
         make_run(tmp_path / f"l{i}", strategy={"name": "layerwise", "wait_at": wait_at}, median_iter_s=0.01 * (i + 1))
