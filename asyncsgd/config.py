@@ -8,11 +8,12 @@ the machine (CUDA, mpi4py, mpiexec) live in :func:`asyncsgd.validate.check_envir
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -450,3 +451,24 @@ def register_configs() -> None:
     for group, choices in GROUPS.items():
         for choice, schema in choices.items():
             cs.store(group=group, name=f"base_{choice}", node=schema)
+    _register_slurm_launcher(cs)
+
+
+def _register_slurm_launcher(cs: ConfigStore) -> None:
+    """The submitit plugin's SLURM schema, as ``hydra/launcher/base_submitit_slurm``.
+
+    Our ``hydra/launcher/submitit_slurm.yaml`` shadows the plugin's config of that
+    name (to set tasks_per_node from world_size) and cannot list itself as its own
+    default, so it extends the schema under this second name.
+    """
+    try:
+        from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    except ImportError:  # the slurm extra is not installed; validate.py says so if it is asked for
+        return
+    # Stored as plain values: Hydra's plugin discovery imports the plugin module a second
+    # time, and two SlurmQueueConf classes would refuse to merge with each other.
+    plain = OmegaConf.to_container(OmegaConf.structured(SlurmQueueConf))
+    cs.store(group="hydra/launcher", name="base_submitit_slurm", node=plain, provider="asyncsgd")
+    # Hydra 1.3 still matches a YAML file to a same-named schema and warns that this is
+    # deprecated; ours names its schema explicitly, so the match changes nothing.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore")
