@@ -23,7 +23,7 @@ from .data import load_dataset, make_eval_loader, make_train_loader
 from .io import atomic_torch_save
 from .metrics import MetricsLog, PhaseTimer
 from .models import average_buffers, build_model, count_parameters, loss_and_logits
-from .runinfo import update_summary
+from .runinfo import base_summary, update_summary
 from .strategies import make_strategy
 from .timeline import Timeline, write_trace
 
@@ -33,6 +33,8 @@ log = logging.getLogger("asyncsgd")
 def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress: bool = False) -> dict:
     """Train on this rank; returns the run summary (written to disk by rank 0)."""
     writer = comm.rank == 0  # one flag gates all file output
+    if writer:  # under launcher=external no launcher wrote it; here the world size is the real one
+        update_summary(run_dir, **base_summary(cfg, comm.size))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     device = comm.device
@@ -75,7 +77,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
             loader.sampler.set_epoch(epoch)
             batches = iter(loader)
             while step < total_steps:
-                t0 = time.perf_counter()
+                t0 = timer.start()
                 with timer.phase("data"):
                     batch = next(batches, None)
                 if batch is None:

@@ -27,6 +27,8 @@ def test_under_mpiexec_the_ranks_share_rank0s_run_dir(workdir):
     summary = read_summary(_single_run_dir(workdir))
     assert summary["status"] == "complete" and summary["steps"] == 20
     assert summary["comm"]["world_size"] == 2
+    assert (summary["strategy"], summary["backend"], summary["world_size"]) == ("sync", "mpi", 2)
+    assert summary["launcher"] == "external" and summary["config"]["train"]["max_steps"] == 20
 
 
 def test_under_torchrun_with_gloo(workdir):

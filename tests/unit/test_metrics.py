@@ -34,3 +34,13 @@ def test_metrics_csv_has_iteration_and_epoch_rows(tmp_path):
     assert float(rows[4]["test_acc"]) == 0.75
     assert log.median_iter_s(warmup=2) == 0.035  # median of 0.03 and 0.04
     assert not list(tmp_path.glob(".metrics.csv.*"))  # no temp file left behind
+
+
+def test_start_forgets_time_booked_between_steps():
+    timer = PhaseTimer()
+    with timer.phase("comm_wait"):  # e.g. a flush before evaluation
+        time.sleep(0.01)
+    timer.start()
+    with timer.phase("forward"):
+        pass
+    assert set(timer.pop()) == {"forward"}
