@@ -185,10 +185,15 @@ class Tracker:
         self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=comm.device)  # loss sum, correct, count
         self.last_eval: Optional[dict] = None
         self.bar = None
+        self._log_redirect = None
         if progress:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, desc=f"{cfg.strategy.name} P={comm.size}")
+            # log lines go above the bar instead of through it
+            self._log_redirect = logging_redirect_tqdm()
+            self._log_redirect.__enter__()
 
     def iteration(self, step, epoch, loss, out, y, lr, times, t_iter) -> None:
         loss_value = loss.item()  # CPU: free; on a GPU this is the one host sync per step
@@ -227,6 +232,7 @@ class Tracker:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._log_redirect.__exit__(None, None, None)
             self.bar.close()
         self.metrics.flush()
 
