@@ -22,53 +22,55 @@ def _flat_size(features: nn.Module, input_shape: Tuple[int, ...]) -> int:
         return int(features(torch.zeros(1, *input_shape)).numel())
 
 
+def _fully_connected(width: int, hidden: Sequence[int], num_classes: int) -> list:
+    """Linear+ReLU per hidden width, then the classifier layer."""
+    layers: list = []
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    return layers + [nn.Linear(width, num_classes)]
+
+
 class MLP(nn.Sequential):
     def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], num_classes: int):
-        layers: list = [nn.Flatten()]
-        width = int(torch.tensor(input_shape).prod())
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
-        layers.append(nn.Linear(width, num_classes))
-        super().__init__(*layers)
+        super().__init__(nn.Flatten(), *_fully_connected(int(torch.tensor(input_shape).prod()), hidden, num_classes))
 
 
-class LeNet(nn.Module):
+class ConvClassifier(nn.Module):
+    """Convolutional ``features`` (ending in Flatten), then fully connected layers whose
+    first width follows from the input size, so one network serves 8x8 to 32x32 images."""
+
+    def __init__(self, input_shape: Sequence[int], features: nn.Sequential, hidden: Sequence[int], num_classes: int):
+        super().__init__()
+        self.features = features
+        self.classifier = nn.Sequential(*_fully_connected(_flat_size(features, tuple(input_shape)), hidden, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class LeNet(ConvClassifier):
     """LeNet-5 layout; both convolutions are padded so 8x8 digits survive two poolings."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(input_shape[0], 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        flat = _flat_size(self.features, tuple(input_shape))
-        self.classifier = nn.Sequential(
-            nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
-        )
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+        super().__init__(input_shape, features, [120, 84], num_classes)
 
 
-class CIFARNet(nn.Module):
+class CIFARNet(ConvClassifier):
     """design.md's CIFAR-shaped CNN: 2.4M parameters (9.5 MB of fp32 gradients) on 3x32x32."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(input_shape[0], 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        flat = _flat_size(self.features, tuple(input_shape))
-        self.classifier = nn.Sequential(
-            nn.Linear(flat, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes)
-        )
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
+        super().__init__(input_shape, features, [512, 512], num_classes)
 
 
 def check_model_input(cfg: ModelConfig, input_shape: Tuple[int, ...]) -> None:
