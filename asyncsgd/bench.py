@@ -42,8 +42,9 @@ CASES = {
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="asyncsgd-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="gloo", choices=["gloo", "mpi", "nccl"])
-    p.add_argument("--progress", default=None, choices=["thread", "test", "library"],
-                   help="MPI progress mode (backend=mpi only; default: the config's)")
+    p.add_argument("--progress", default=None,
+                   help="MPI progress mode(s), comma-separated from thread,test,library (backend=mpi only); "
+                        "several are compared in one interleaved invocation")
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--model", default="cnn")
     p.add_argument("--shape", default="3,32,32", help="synthetic input shape, comma-separated")
@@ -62,6 +63,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.strategies = ",".join(s for s in args.strategies.split(",") if s != "ddp")  # DDP needs torch.distributed
     if args.progress and args.backend != "mpi":
         p.error("--progress applies to --backend mpi only")
+    args.modes = args.progress.split(",") if args.progress else [None]
+    bad = [m for m in args.modes if m not in ("thread", "test", "library")]
+    if bad:
+        p.error(f"--progress: unknown {', '.join(bad)}; choose from thread, test, library")
     if args.world_size < 1 or args.batch < 1 or args.steps < 6 or args.repeats < 1:
         p.error("--world-size, --batch and --repeats must be >= 1, --steps >= 6")
     return args
@@ -75,8 +80,6 @@ def common_overrides(args: argparse.Namespace) -> List[str]:
         f"train.max_steps={args.steps}", "train.epochs=100000", "train.eval_every_epochs=0",
         "train.warmup_steps=5", "dataset.num_test=64", "progress_bar=false",
     ]
-    if args.progress:
-        out.append(f"backend.progress={args.progress}")
     return out + list(args.overrides)
 
 
@@ -97,7 +100,7 @@ def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
 
 
 def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
-    """Medians over repeats, speedup over sync and overlap efficiency."""
+    """Medians over repeats, speedup over sync and overlap efficiency (one progress mode)."""
     med = {name: {k: statistics.median([s[k] for s in runs if s.get(k) is not None] or [float("nan")])
                   for k in ("iter_s", "comm_wait_s", "allreduce_alone_s")}
            for name, runs in samples.items()}
@@ -123,14 +126,16 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     return table
 
 
-def render(table: pd.DataFrame, args: argparse.Namespace) -> str:
-    a = table.attrs
-    head = (f"model={args.model} input={args.shape} batch={args.batch}/worker world_size={args.world_size} "
-            f"backend={args.backend}{' progress=' + args.progress if args.progress else ''} threads={args.threads} "
-            f"steps={args.steps} repeats={args.repeats}\n"
-            f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = {a['t_comm_ms']:.1f} ms, "
-            f"limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n\n")
-    return head + table.to_markdown(index=False, floatfmt=".2f") + "\n"
+def render(tables: Dict[Optional[str], pd.DataFrame], args: argparse.Namespace) -> str:
+    text = (f"model={args.model} input={args.shape} batch={args.batch}/worker world_size={args.world_size} "
+            f"backend={args.backend} threads={args.threads} steps={args.steps} repeats={args.repeats}\n")
+    for mode, table in tables.items():
+        a = table.attrs
+        text += (f"\n{'backend.progress=' + mode + ': ' if mode else ''}"
+                 f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = "
+                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n\n")
+        text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
+    return text
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -142,21 +147,23 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(2 if exc.code else 0)
     out = args.out or Path("results") / "bench" / pd.Timestamp.now().strftime("%Y-%m-%d_%H-%M-%S")
     names = args.strategies.split(",")
-    samples: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
-    jobs = [(r, n) for r in range(args.repeats) for n in names]  # interleaved: noise hits all alike
+    samples = {mode: {n: [] for n in names} for mode in args.modes}
+    # interleaved repeats (and modes): machine noise hits every case alike
+    jobs = [(r, m, n) for r in range(args.repeats) for m in args.modes for n in names]
     bar = tqdm(jobs, desc="benchmark", unit="run", disable=None)
-    for repeat, name in bar:
-        bar.set_postfix_str(name)
+    for repeat, mode, name in bar:
+        bar.set_postfix_str(f"{name} {mode or ''}")
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{mode or ''}").strip("-")  # Hydra's grammar dislikes ( ) =
+        extra = [f"backend.progress={mode}"] if mode else []
         try:
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")  # Hydra's override grammar dislikes ( ) =
-            samples[name].append(run_case(out / f"{slug}-{repeat}", common_overrides(args) + CASES[name]))
+            samples[mode][name].append(run_case(out / f"{slug}-{repeat}", common_overrides(args) + extra + CASES[name]))
         except RuntimeError as exc:
             print(f"asyncsgd-bench: {exc}", file=sys.stderr)
             sys.exit(1)
-    table = summarize(samples)
-    text = render(table, args)
+    tables = {mode: summarize(samples[mode]) for mode in args.modes}
+    text = render(tables, args)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "bench.csv", index=False)
+    pd.concat([t.assign(progress=m) for m, t in tables.items()]).to_csv(out / "bench.csv", index=False)
     atomic_write_text(out / "bench.md", text)
     print(text + f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}")
 
