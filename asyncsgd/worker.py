@@ -79,6 +79,9 @@ def _fail(comm, run_dir: Path, exc: BaseException, status: str, code: int) -> No
         update_summary(run_dir, status=status, error=f"{type(exc).__name__}: {exc}")
     sys.stderr.flush()
     comm.abort(code)
+    # MPI_Abort can return (seen with MPICH over TCP when the job is already
+    # going down); this rank must still not carry on as if it had succeeded.
+    os._exit(code)
 
 
 def elastic_entry(run_dir: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..config import Config
-from ..runinfo import update_summary
+from ..runinfo import failures, update_summary
 from .local import WorkerFailure, interrupt_source, reported_failure, run_mpiexec, worker_env
 from .netns import ClusterError, EmulatedCluster, LinkSpec, emulated_cluster
 
@@ -95,9 +95,10 @@ def supervise(procs: Dict[int, subprocess.Popen], run_dir: Path, grace_s: float,
     """Wait for every rank; after the first failure the rest get ``grace_s`` to exit, then SIGKILL.
 
     The rank named is the one whose own report says it failed first (a peer's
-    "connection reset" is marked secondary), else the first to exit non-zero.
+    "connection closed" is marked secondary), else the first to die without
+    a report (killed), else the first to exit non-zero.
     """
-    first_dead: Optional[tuple] = None  # (rank, returncode)
+    exits: List[tuple] = []  # (rank, returncode) of non-zero exits, in the order seen
     deadline = None
     try:
         while True:
@@ -106,10 +107,11 @@ def supervise(procs: Dict[int, subprocess.Popen], run_dir: Path, grace_s: float,
                 code = proc.poll()
                 if code is None:
                     running += 1
-                elif code != 0 and first_dead is None:
-                    first_dead = (rank, code)
-                    deadline = time.monotonic() + grace_s
-                    log.warning("rank %d exited with %s; stopping the others within %gs", rank, code, grace_s)
+                elif code != 0 and rank not in {r for r, _ in exits}:
+                    exits.append((rank, code))
+                    if deadline is None:
+                        deadline = time.monotonic() + grace_s
+                        log.warning("rank %d exited with %s; stopping the others within %gs", rank, code, grace_s)
             if running == 0:
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -118,12 +120,17 @@ def supervise(procs: Dict[int, subprocess.Popen], run_dir: Path, grace_s: float,
     except KeyboardInterrupt as exc:
         _stop(procs, grace_s, sig=signal.SIGINT)
         raise WorkerFailure(None, f"interrupted ({interrupt_source(exc)})", interrupted=True) from None
-    if first_dead is None:
+    if not exits:
         return
-    reported = reported_failure(run_dir)
+    reported = reported_failure(run_dir, primary_only=True)
     if reported:
         raise reported
-    rank, code = first_dead
+    # No rank reported a failure of its own: blame the first that exited
+    # without any report (killed, OOM), else the first to exit non-zero.
+    reporting = {r["rank"] for r in failures(run_dir)}
+    silent = [rank for rank, _ in exits if rank not in reporting]
+    rank = silent[0] if silent else exits[0][0]
+    code = procs[rank].returncode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
     raise WorkerFailure(rank, f"process {procs[rank].pid} {how}")
 

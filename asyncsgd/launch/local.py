@@ -38,9 +38,13 @@ def interrupt_source(exc: KeyboardInterrupt) -> str:
     return str(exc.args[0]) if exc.args else "SIGINT"
 
 
-def reported_failure(run_dir: Path, interrupted: bool = False) -> Optional[WorkerFailure]:
-    """The failure the workers reported themselves (the likely cause first), if any did."""
-    reports = failures(run_dir)
+def reported_failure(run_dir: Path, interrupted: bool = False, primary_only: bool = False) -> Optional[WorkerFailure]:
+    """The failure the workers reported themselves (the likely cause first), if any did.
+
+    ``primary_only`` ignores reports that only echo a peer's death, for a caller
+    that can name a rank that died without reporting (killed) instead.
+    """
+    reports = [r for r in failures(run_dir) if not (primary_only and r.get("secondary"))]
     if not reports:
         return None
     first = reports[0]

@@ -385,8 +385,11 @@ class EmulatedCluster:
         """
         etc = Path("/etc/netns") / ns
         etc.mkdir(parents=True, exist_ok=True)
-        lines = ["127.0.0.1 localhost"] + [f"{self.address(r)} {self.namespace(r)}" for r in range(self.world_size)]
-        lines.append(f"{self.switch_address} {self.switch_ns}")
+        nodes = [(self.address(r), self.namespace(r)) for r in range(self.world_size)]
+        nodes.append((self.switch_address, self.switch_ns))
+        # c10d's store listens on a dual-stack socket, so peers show up as
+        # IPv4-mapped IPv6 addresses: those need their own lines.
+        lines = ["127.0.0.1 localhost"] + [f"{a} {n}" for a, n in nodes] + [f"::ffff:{a} {n}" for a, n in nodes]
         (etc / "hosts").write_text("\n".join(lines) + "\n")
         (etc / "resolv.conf").write_text("# emulated cluster: no name server\n")
 
@@ -507,6 +510,10 @@ def teardown(suffix: str, namespaces: Sequence[str], state_dir: Optional[Path] =
         shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
     if state_dir is not None:
         shutil.rmtree(state_dir, ignore_errors=True)
+    for parent in (Path("/etc/netns"), state_dir.parent if state_dir is not None else None):
+        if parent is not None:
+            with contextlib.suppress(OSError):  # only if empty: others' entries stay
+                parent.rmdir()
     remaining = set(list_namespaces())
     return [ns for ns in namespaces if ns in remaining]
 
@@ -539,7 +546,12 @@ def cleanup(everything: bool = False, state_root: Path = STATE_ROOT) -> List[str
 # ---------------------------------------------------------------- context manager
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """While open, SIGTERM and SIGHUP raise KeyboardInterrupt, so ``finally`` blocks run."""
+    """While open, SIGTERM and SIGHUP raise KeyboardInterrupt, so ``finally`` blocks run.
+
+    SIGINT gets Python's usual handler even if this process was started with
+    it ignored (a background job of a script): then the workers started from
+    here do not inherit "ignore SIGINT" and can be interrupted cleanly too.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -548,6 +560,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
