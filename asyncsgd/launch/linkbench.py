@@ -125,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--backend", choices=["gloo", "mpi"], default="gloo")
     parser.add_argument("--bandwidth", default="200mbit", help="link rate, tc units (200mbit, 1gbit)")
     parser.add_argument("--latency", default=None, help="one-way delay (needs netem), e.g. 100us")
+    parser.add_argument("--burst", default=None, help="tbf bucket, e.g. 64kb (default: 1 ms at the rate)")
+    parser.add_argument("--mtu", type=int, default=1500, help="bytes per packet on the links")
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--mbytes", type=float, default=12.5, help="allreduce size in MB (10^6 bytes)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -147,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reason = missing_requirements()
         if reason:
             raise ConfigError(reason)
-        link = LinkSpec.parse(args.bandwidth, args.latency)
+        link = LinkSpec.parse(args.bandwidth, args.latency, args.burst, mtu=args.mtu)
         result = measure_allreduce(args.backend, link, args.world_size, int(args.mbytes * 1e6), args.repeats,
                                    args.netmod)
     except ConfigError as exc:

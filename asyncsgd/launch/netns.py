@@ -545,41 +545,37 @@ def cleanup(everything: bool = False, state_root: Path = STATE_ROOT) -> List[str
 
 # ---------------------------------------------------------------- context manager
 @contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def _handlers(handlers: Dict[int, object]) -> Iterator[None]:
+    """Install signal handlers for the duration (only the main thread may; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def terminate_as_interrupt():
     """While open, SIGTERM and SIGHUP raise KeyboardInterrupt, so ``finally`` blocks run.
 
     SIGINT gets Python's usual handler even if this process was started with
     it ignored (a background job of a script): then the workers started from
     here do not inherit "ignore SIGINT" and can be interrupted cleanly too.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return _handlers({signal.SIGTERM: _interrupt, signal.SIGHUP: _interrupt,
+                      signal.SIGINT: signal.default_int_handler})
 
 
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def _signals_held():
     """Teardown must finish even if the user presses Ctrl-C again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return _handlers({s: signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)})
 
 
 @contextlib.contextmanager
