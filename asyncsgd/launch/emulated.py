@@ -8,8 +8,8 @@ backend=mpi: ``mpiexec`` runs in the switch namespace and starts one hydra
 proxy per worker namespace through ``-launcher ssh -launcher-exec`` (a script
 that runs ``ip netns exec``), with MPICH pinned to TCP on the link
 (:meth:`EmulatedCluster.mpi_env`). backend=gloo: one plain process per rank,
-started with ``ip netns exec`` and env:// variables (rendezvous at rank 0's
-address); :func:`supervise` watches them so that a dead rank ends the job
+started with ``ip netns exec`` and env:// variables, the rendezvous store
+served from the switch (:func:`serve_store`); :func:`supervise` watches them so that a dead rank ends the job
 within ``launcher.grace_s`` and is named. Either way the cluster is torn down
 when the run ends, however it ends.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -80,15 +81,49 @@ def run_in_cluster(cluster: EmulatedCluster, backend: str, argv: Sequence[str], 
         raise ValueError(f"launcher=emulated supports backend=gloo or mpi, not {backend}")
     log.info("starting %d gloo workers in emulated cluster %s", cluster.world_size, cluster.suffix)
     procs: Dict[int, subprocess.Popen] = {}
+    store = serve_store(cluster, port)
     try:
         for rank in range(cluster.world_size):
             rank_env = {**os.environ, **env, **cluster.torchdist_env(rank, port)}
             # Own process group: Ctrl-C reaches the launcher only, which forwards it once.
             procs[rank] = subprocess.Popen([*cluster.prefix(rank), *argv], env=rank_env, process_group=0)
-    except BaseException:
+        supervise(procs, run_dir, grace_s)
+    finally:
         _stop(procs, grace_s=0)
-        raise
-    supervise(procs, run_dir, grace_s)
+        _stop({-1: store}, grace_s=0)
+
+
+# The job's rendezvous store. Prints one line once it listens, then lives until killed.
+_STORE_CODE = """
+import sys, time
+from datetime import timedelta
+from torch.distributed import TCPStore
+store = TCPStore("0.0.0.0", int(sys.argv[1]), is_master=True, wait_for_workers=False, timeout=timedelta(hours=24))
+print("listening", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def serve_store(cluster: EmulatedCluster, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
+    """Start a c10d TCPStore on the switch for one job and wait until it listens.
+
+    Not on rank 0: a store hosted by rank 0 goes away when rank 0 exits, and a
+    peer still tearing down its process group then dies in C++ ("terminate
+    called without an active exception", SIGABRT). The elastic agent keeps
+    the store outside the workers for the same reason. A fresh store per job
+    means no keys are left over from a previous job on the same cluster.
+    """
+    proc = subprocess.Popen([*cluster.switch_prefix(), sys.executable, "-c", _STORE_CODE, str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != "listening":
+        _stop({-1: proc}, grace_s=0)
+        err = proc.stderr.read().strip().splitlines()
+        raise ClusterError(f"the rendezvous store on {cluster.switch_address}:{port} did not start"
+                           f"{': ' + err[-1] if err else f' within {timeout_s:g}s'}")
+    return proc
 
 
 def supervise(procs: Dict[int, subprocess.Popen], run_dir: Path, grace_s: float, poll_s: float = 0.1) -> None:

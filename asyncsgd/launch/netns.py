@@ -29,7 +29,7 @@ Library interface (what ``launcher=emulated`` and the benchmarks use)::
     with emulated_cluster(world_size=2, link=LinkSpec.parse("1gbit")) as cluster:
         cluster.prefix(rank)            # ["ip", "netns", "exec", "asg-S-<rank>"]: run a command on rank's node
         cluster.address(rank)           # "10.213.0.<rank+1>"
-        cluster.torchdist_env(rank)     # RANK, WORLD_SIZE, MASTER_ADDR (rank 0), GLOO_SOCKET_IFNAME, ...
+        cluster.torchdist_env(rank)     # RANK, WORLD_SIZE, MASTER_ADDR (the switch), GLOO_SOCKET_IFNAME, ...
         cluster.mpiexec_command(mpiexec, argv)  # mpiexec in the switch namespace, one host per namespace
         cluster.mpi_env("ofi")          # keeps MPICH off shared memory and on the links
         cluster.link_bytes()            # bytes each link carried, from tc's counters
@@ -405,14 +405,19 @@ class EmulatedCluster:
 
     # -- what workers need --------------------------------------------------------
     def torchdist_env(self, rank: int, port: int = 29500) -> Dict[str, str]:
-        """env:// rendezvous at rank 0's address (its TCPStore), traffic on the link."""
+        """env:// variables for a job whose TCPStore runs on the switch, at ``switch_address:port``.
+
+        Every rank is a store client (TORCHELASTIC_USE_AGENT_STORE, as under
+        torchrun); :func:`asyncsgd.launch.emulated.serve_store` starts the store.
+        """
         return {
             "RANK": str(rank),
             "WORLD_SIZE": str(self.world_size),
             "LOCAL_RANK": "0",  # one worker per emulated node
             "LOCAL_WORLD_SIZE": "1",
-            "MASTER_ADDR": self.address(0),
+            "MASTER_ADDR": self.switch_address,
             "MASTER_PORT": str(port),  # each cluster is its own network: any port is free
+            "TORCHELASTIC_USE_AGENT_STORE": "True",
             "GLOO_SOCKET_IFNAME": IFACE,
         }
 

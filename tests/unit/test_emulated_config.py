@@ -56,7 +56,7 @@ def test_cluster_addresses_and_names():
     assert cluster.switch_address == "10.213.5.254"
     assert cluster.namespaces == ["asg-0123abcd-0", "asg-0123abcd-1", "asg-0123abcd-2", "asg-0123abcd-sw"]
     env = cluster.torchdist_env(2)
-    assert env["RANK"] == "2" and env["WORLD_SIZE"] == "3" and env["MASTER_ADDR"] == "10.213.5.1"
+    assert env["RANK"] == "2" and env["WORLD_SIZE"] == "3" and env["MASTER_ADDR"] == "10.213.5.254"
     assert env["GLOO_SOCKET_IFNAME"] == netns.IFACE
     mpi = cluster.mpi_env("ofi")
     assert mpi["MPIR_CVAR_NOLOCAL"] == "1" and mpi["FI_PROVIDER"] == "tcp" and mpi["FI_TCP_IFACE"] == netns.IFACE
