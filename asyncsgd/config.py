@@ -194,7 +194,7 @@ class ClusterConfig:
     """
 
     bandwidth: str = "1gbit"  # rate of every worker's link, in each direction (full duplex)
-    latency: Optional[str] = None  # one-way delay added per link by netem, e.g. 100us; null = none
+    latency: Optional[str] = None  # one-way worker-to-worker delay (netem, half per hop), e.g. 100us; null = none
     burst: Optional[str] = None  # tbf bucket: bytes that may leave at once; null = 1 ms at the rate, >= 16kb
     queue: str = "100ms"  # tbf latency: longest a packet waits in a link's queue before it is dropped
     mtu: int = 1500  # bytes per packet on the links
