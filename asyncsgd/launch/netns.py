@@ -326,11 +326,14 @@ class EmulatedCluster:
             why = netem_unavailable()
             if why:
                 raise ClusterError(f"cluster.latency needs the netem qdisc, which this kernel lacks ({why})")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "owner").write_text(f"{os.getpid()}\n")
         self.is_up = True  # from here on, down() has something to remove
         try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "owner").write_text(f"{os.getpid()}\n")
             self._build()
+        except OSError as exc:  # the files under /run and /etc/netns
+            self.down()
+            raise ClusterError(f"cannot write the cluster's files: {exc}") from None
         except BaseException:
             self.down()
             raise

@@ -40,6 +40,9 @@ def _leftovers(cluster_info: dict) -> list:
     state = netns.STATE_ROOT / cluster_info["suffix"]
     if state.exists():
         found.append(str(state))
+    # Links live only inside the namespaces; none may have leaked into the root one.
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found += [line for line in links.splitlines() if cluster_info["suffix"] in line or f" {netns.IFACE}" in line]
     return found
 
 
