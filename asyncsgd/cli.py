@@ -4,13 +4,16 @@
     asyncsgd-run strategy=sync backend=gloo world_size=2
     asyncsgd-run -m world_size=1,2 backend=mpi,gloo  # a sweep, one run dir per job
     mpiexec -n 4 asyncsgd-run launcher=external     # under an external launcher (also torchrun, srun)
+    asyncsgd-report results/multiruns/<date>/<time>  # tables and plots from run dirs
     asyncsgd-run launcher=emulated cluster.bandwidth=1gbit  # workers in network namespaces (root)
 
 Every job of the command line is composed and checked before any worker starts;
-a bad value ends with exit status 2 and one line naming the key.
+a bad value ends with exit status 2 and one line naming the key. The same goes
+for asyncsgd-report's arguments and input directories.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -125,6 +128,42 @@ def run(argv: List[str] | None = None) -> None:
     if _failed_jobs:
         print(f"asyncsgd-run: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}", file=sys.stderr)
         sys.exit(1)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the one line (and exit 2) the rest of the CLI gives."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def report(argv: List[str] | None = None) -> None:
+    """``asyncsgd-report DIR [DIR ...]``: tables (markdown, CSV) and plots from run dirs."""
+    parser = _OneLineParser(
+        prog="asyncsgd-report",
+        description="Speedup and convergence tables (report.md, speedup.csv, runs.csv) and plots (PNG) "
+        "from asyncsgd run directories or the multirun directories that hold them.",
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="run or multirun directories, searched recursively")
+    parser.add_argument("--out", help="where to write the report (default: the first DIR)")
+    parser.add_argument("--baseline", default="sync",
+                        help="strategy the speedups compare with: a name (sync) or a label (delayed(k=1)); default sync")
+    parser.add_argument("--target-acc", type=float, metavar="A",
+                        help="test accuracy (fraction, e.g. 0.95) for time to target; default: each dataset's target_acc")
+    parser.add_argument("--title", help="heading of report.md, e.g. the machine and date of the runs")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from .report import ReportError, make_report
+
+    try:
+        result = make_report(args.dirs, out=args.out, baseline=args.baseline, target_acc=args.target_acc,
+                             title=args.title)
+    except ReportError as exc:
+        print(f"asyncsgd-report: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    print(result.main_table)
+    print(f"report: {result.markdown}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ the machine (CUDA, mpi4py, mpiexec) live in :func:`asyncsgd.validate.check_envir
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -35,11 +36,16 @@ class DatasetConfig:
     root: Optional[str] = None  # directory holding the on-disk data (unused by in-memory sets)
     shuffle: bool = True  # reshuffle every epoch with a permutation seeded by seed+epoch
     subset: Optional[int] = None  # use only the first N samples of a seeded permutation
+    test_subset: Optional[int] = None  # evaluate on only the first N test samples of a fixed permutation
     target_acc: Optional[float] = None  # test accuracy that defines "time to target"
+    workers: int = 0  # DataLoader processes per rank that decode/augment samples; 0 = in the training process
 
     def __post_init__(self) -> None:
         if self.subset is not None:
             _require(self.subset >= 1, f"dataset.subset={self.subset} must be >= 1 (or null for all samples)")
+        if self.test_subset is not None:
+            _require(self.test_subset >= 1, f"dataset.test_subset={self.test_subset} must be >= 1 (or null for all)")
+        _require(self.workers >= 0, f"dataset.workers={self.workers} must be >= 0")
         if self.target_acc is not None:
             _require(0.0 < self.target_acc <= 1.0, f"dataset.target_acc={self.target_acc} must be in (0, 1]")
 
@@ -77,6 +83,62 @@ class SyntheticConfig(DatasetConfig):
         _require(self.noise >= 0, f"dataset.noise={self.noise} must be >= 0")
 
 
+@dataclass
+class TorchvisionSetConfig(DatasetConfig):
+    """A dataset read by torchvision's own class from its standard layout under ``root``.
+
+    The YAML files default ``root`` to $ASYNCSGD_DATA: these sets live side by side under one directory.
+    """
+
+    download: bool = False  # fetch into dataset.root with torchvision's downloader (needs internet)
+
+
+@dataclass
+class MNISTConfig(TorchvisionSetConfig):
+    name: str = "mnist"
+    target_acc: Optional[float] = 0.98
+
+
+@dataclass
+class FashionMNISTConfig(TorchvisionSetConfig):
+    name: str = "fashion_mnist"
+    target_acc: Optional[float] = 0.88
+
+
+@dataclass
+class CIFAR10Config(TorchvisionSetConfig):
+    name: str = "cifar10"
+    augment: bool = True  # training images: random 32x32 crop of the 4-px zero-padded image, then random flip
+    target_acc: Optional[float] = 0.80
+
+
+@dataclass
+class CIFAR100Config(CIFAR10Config):
+    name: str = "cifar100"
+    target_acc: Optional[float] = 0.50
+
+
+@dataclass
+class ImageNetConfig(DatasetConfig):
+    """An ImageFolder tree: root/train/<class>/<image>, root/val/<class>/<image>."""
+
+    name: str = "imagenet"
+    size: int = 224  # px, side of the square crop fed to the model
+    val_resize: Optional[int] = None  # px, shorter side before the center crop; null = size / 0.875 (256 for 224)
+    min_scale: float = 0.08  # smallest share of the image area a training crop may cover
+    workers: int = 2  # JPEG decoding is the bottleneck: decode in DataLoader processes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.size >= 1, f"dataset.size={self.size} must be >= 1 (pixels)")
+        if self.val_resize is not None:
+            _require(
+                self.val_resize >= self.size,
+                f"dataset.val_resize={self.val_resize} must be >= dataset.size={self.size} (or null)",
+            )
+        _require(0.0 < self.min_scale <= 1.0, f"dataset.min_scale={self.min_scale} must be in (0, 1]")
+
+
 # ---------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
@@ -100,6 +162,72 @@ class LeNetConfig(ModelConfig):
 @dataclass
 class CNNConfig(ModelConfig):
     name: str = "cnn"
+
+
+STEMS = ["auto", "imagenet", "small"]
+
+
+def _probability(key: str, value: float) -> None:
+    _require(0.0 <= value < 1.0, f"{key}={value} must be in [0, 1)")
+
+
+@dataclass
+class TorchvisionModelConfig(ModelConfig):
+    """A torchvision network, randomly initialised, whose first layers may be adapted to small images."""
+
+    # imagenet: torchvision's stem; small: a stride-1 3x3 first convolution without the early
+    # downsampling (docs/models.md); auto: small when the input's shorter side is below 64 px.
+    stem: str = "auto"
+
+    def __post_init__(self) -> None:
+        _one_of("model.stem", self.stem, STEMS)
+
+
+@dataclass
+class AlexNetConfig(TorchvisionModelConfig):
+    name: str = "alexnet"
+    dropout: float = 0.5  # probability, before each of the two 4096-wide layers
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _probability("model.dropout", self.dropout)
+
+
+@dataclass
+class GoogLeNetConfig(TorchvisionModelConfig):
+    name: str = "googlenet"
+    aux_logits: bool = True  # the two auxiliary classifiers of the paper, trained alongside (ignored at test time)
+    aux_weight: float = 0.3  # weight of each auxiliary classifier's loss in the training loss
+    dropout: float = 0.2  # probability, before the main classifier
+    dropout_aux: float = 0.7  # probability, inside each auxiliary classifier
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.aux_weight >= 0, f"model.aux_weight={self.aux_weight} must be >= 0")
+        _probability("model.dropout", self.dropout)
+        _probability("model.dropout_aux", self.dropout_aux)
+
+
+@dataclass
+class ResNet18Config(TorchvisionModelConfig):
+    name: str = "resnet18"
+
+
+@dataclass
+class ResNet50Config(TorchvisionModelConfig):
+    name: str = "resnet50"
+
+
+@dataclass
+class VGG11Config(ModelConfig):
+    """VGG-11 needs no stem change: its poolings round up, so 28x28 input survives all five."""
+
+    name: str = "vgg11"
+    batch_norm: bool = False  # vgg11_bn: BatchNorm after every convolution
+    dropout: float = 0.5  # probability, before each of the two 4096-wide layers
+
+    def __post_init__(self) -> None:
+        _probability("model.dropout", self.dropout)
 
 
 # ---------------------------------------------------------------- backend
@@ -155,6 +283,48 @@ class StrategyConfig:
 class SyncConfig(StrategyConfig):
     name: str = "sync"
     fuse: bool = True  # one allreduce of all gradients flattened together (else one per tensor)
+
+
+WAIT_AT = ["forward", "step"]
+
+
+@dataclass
+class LayerwiseConfig(StrategyConfig):
+    name: str = "layerwise"
+    # forward: wait for a layer's reduction and update it just before its forward in the
+    # next iteration (the paper's method); step: wait for all right after backward.
+    wait_at: str = "forward"
+    bucket_mb: float = 0.0  # MiB; fuse consecutive layers up to this size (0 = one reduction per layer)
+
+    def __post_init__(self) -> None:
+        _one_of("strategy.wait_at", self.wait_at, WAIT_AT)
+        _require(self.bucket_mb >= 0, f"strategy.bucket_mb={self.bucket_mb} must be >= 0")
+
+
+@dataclass
+class DelayedConfig(StrategyConfig):
+    name: str = "delayed"
+    k: int = 1  # steps of staleness: the gradient of step t is applied at step t+k
+    drain: bool = True  # at the end, apply the k gradients still in flight
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 0, f"strategy.k={self.k} must be an integer >= 0")
+
+
+@dataclass
+class DDPConfig(StrategyConfig):
+    name: str = "ddp"
+    bucket_mb: float = 25.0  # MiB; DDP's bucket_cap_mb
+
+    def __post_init__(self) -> None:
+        _require(self.bucket_mb > 0, f"strategy.bucket_mb={self.bucket_mb} must be > 0")
+
+
+@dataclass
+class NoCommConfig(StrategyConfig):
+    """Timing baseline only: no gradient exchange at all (not data-parallel SGD)."""
+
+    name: str = "nocomm"
 
 
 # ---------------------------------------------------------------- launcher
@@ -221,6 +391,8 @@ class TrainConfig:
     eval_every_epochs: int = 1  # test-set evaluation period; 0 = only at the end
     warmup_steps: int = 5  # steps left out of the median iteration time
     log_every_steps: int = 1  # per-iteration metric rows are kept every N steps
+    grad_clip_norm: Optional[float] = None  # clip the global gradient norm to this before each update
+    measure_comm: bool = False  # time fused allreduces of the whole gradient alone before training (T_comm)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
@@ -233,6 +405,8 @@ class TrainConfig:
         _require(self.eval_every_epochs >= 0, f"train.eval_every_epochs={self.eval_every_epochs} must be >= 0")
         _require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be >= 0")
         _require(self.log_every_steps >= 1, f"train.log_every_steps={self.log_every_steps} must be >= 1")
+        _require(self.grad_clip_norm is None or self.grad_clip_norm > 0,
+                 f"train.grad_clip_norm={self.grad_clip_norm} must be > 0 or null")
 
 
 @dataclass
@@ -262,9 +436,15 @@ class Config:
     world_size: int = 2  # number of workers (processes), P
     seed: int = 0  # model init and data order; identical on every rank
     progress_bar: Optional[bool] = None  # null = only on an interactive terminal
+    timeline: bool = False  # write timeline.json (Chrome trace) of a few steps
+    timeline_first_step: int = 5  # first traced step (after warm-up)
+    timeline_steps: int = 5  # number of traced steps
+    timeline_all_ranks: bool = False  # trace every rank (gathered into one file by rank 0), not just rank 0
 
     def __post_init__(self) -> None:
         _require(self.world_size >= 1, f"world_size={self.world_size} must be >= 1")
+        _require(self.timeline_first_step >= 0, f"timeline_first_step={self.timeline_first_step} must be >= 0")
+        _require(self.timeline_steps >= 1, f"timeline_steps={self.timeline_steps} must be >= 1")
         if self.fault.rank is not None:
             _require(
                 0 <= self.fault.rank < self.world_size,
@@ -273,10 +453,28 @@ class Config:
 
 
 GROUPS = {
-    "dataset": {"digits": DigitsConfig, "synthetic": SyntheticConfig},
-    "model": {"mlp": MLPConfig, "lenet": LeNetConfig, "cnn": CNNConfig},
+    "dataset": {
+        "digits": DigitsConfig,
+        "synthetic": SyntheticConfig,
+        "mnist": MNISTConfig,
+        "fashion_mnist": FashionMNISTConfig,
+        "cifar10": CIFAR10Config,
+        "cifar100": CIFAR100Config,
+        "imagenet": ImageNetConfig,
+    },
+    "model": {
+        "mlp": MLPConfig,
+        "lenet": LeNetConfig,
+        "cnn": CNNConfig,
+        "alexnet": AlexNetConfig,
+        "googlenet": GoogLeNetConfig,
+        "resnet18": ResNet18Config,
+        "resnet50": ResNet50Config,
+        "vgg11": VGG11Config,
+    },
     "backend": {"mpi": MPIBackendConfig, "gloo": GlooConfig, "nccl": NCCLConfig},
-    "strategy": {"sync": SyncConfig},
+    "strategy": {"sync": SyncConfig, "layerwise": LayerwiseConfig, "delayed": DelayedConfig, "ddp": DDPConfig,
+                 "nocomm": NoCommConfig},
     "launcher": {"local": LocalLauncherConfig, "external": ExternalLauncherConfig, "emulated": EmulatedLauncherConfig},
 }
 
@@ -288,3 +486,24 @@ def register_configs() -> None:
     for group, choices in GROUPS.items():
         for choice, schema in choices.items():
             cs.store(group=group, name=f"base_{choice}", node=schema)
+    _register_slurm_launcher(cs)
+
+
+def _register_slurm_launcher(cs: ConfigStore) -> None:
+    """The submitit plugin's SLURM schema, as ``hydra/launcher/base_submitit_slurm``.
+
+    Our ``hydra/launcher/submitit_slurm.yaml`` shadows the plugin's config of that
+    name (to set tasks_per_node from world_size) and cannot list itself as its own
+    default, so it extends the schema under this second name.
+    """
+    try:
+        from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    except ImportError:  # the slurm extra is not installed; validate.py says so if it is asked for
+        return
+    # Stored as plain values: Hydra's plugin discovery imports the plugin module a second
+    # time, and two SlurmQueueConf classes would refuse to merge with each other.
+    plain = OmegaConf.to_container(OmegaConf.structured(SlurmQueueConf))
+    cs.store(group="hydra/launcher", name="base_submitit_slurm", node=plain, provider="asyncsgd")
+    # Hydra 1.3 still matches a YAML file to a same-named schema and warns that this is
+    # deprecated; ours names its schema explicitly, so the match changes nothing.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore")

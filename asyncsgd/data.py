@@ -8,6 +8,11 @@ torch's DistributedSampler (strided shards of one seeded permutation, then
 batches of b consecutive shard elements) produces exactly that order, so it is
 used as is; incomplete global batches at the end of an epoch are dropped so that
 every step averages over the same B samples in both runs.
+
+Random augmentation keeps that promise too: :class:`SeededAugment` draws each
+sample's crop from (seed, epoch, index), so the P-worker and 1-worker runs see
+the same pixels, whichever process decodes them. The on-disk image sets live in
+:mod:`asyncsgd.image_data` (imported only when used: torchvision is slow to import).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
-from .config import ConfigError, DatasetConfig
+from .config import ConfigError, DatasetConfig, ImageNetConfig, TorchvisionSetConfig
 
 
 @dataclass
@@ -29,13 +34,29 @@ class DataSplits:
     num_classes: int
 
 
+def _on_disk(cfg: DatasetConfig) -> bool:
+    return isinstance(cfg, (TorchvisionSetConfig, ImageNetConfig))
+
+
 def dataset_input_shape(cfg: DatasetConfig) -> Tuple[int, ...]:
     """Sample shape known from the config alone (for checks before workers start)."""
     if cfg.name == "digits":
         return (1, 8, 8)
     if cfg.name == "synthetic":
         return tuple(int(s) for s in cfg.shape)
+    if _on_disk(cfg):
+        from . import image_data
+
+        return image_data.input_shape(cfg)
     raise ConfigError(f"dataset={cfg.name} has no known input shape")
+
+
+def check_dataset_root(cfg: DatasetConfig) -> None:
+    """For on-disk sets: raise ConfigError (one line) unless dataset.root has the expected layout."""
+    if _on_disk(cfg):
+        from . import image_data
+
+        image_data.check_root(cfg)
 
 
 def load_dataset(cfg: DatasetConfig, seed: int) -> DataSplits:
@@ -43,14 +64,25 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> DataSplits:
         splits = _digits(cfg)
     elif cfg.name == "synthetic":
         splits = _synthetic(cfg, seed)
+    elif _on_disk(cfg):
+        from . import image_data
+
+        splits = image_data.load(cfg, seed)
     else:
         raise ConfigError(f"dataset={cfg.name} is not known")
     if cfg.subset is not None:
-        if cfg.subset > len(splits.train):
-            raise ConfigError(f"dataset.subset={cfg.subset} is larger than the {len(splits.train)} training samples")
-        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))
-        splits.train = Subset(splits.train, order[: cfg.subset].tolist())
+        splits.train = _first_of_permutation(splits.train, cfg.subset, seed, "dataset.subset", "training")
+    if cfg.test_subset is not None:
+        # A fixed permutation, not the run's seed: runs that differ in seed are scored on the same images.
+        splits.test = _first_of_permutation(splits.test, cfg.test_subset, 0, "dataset.test_subset", "test")
     return splits
+
+
+def _first_of_permutation(dataset: Dataset, n: int, seed: int, key: str, what: str) -> Dataset:
+    if n > len(dataset):
+        raise ConfigError(f"{key}={n} is larger than the {len(dataset)} {what} samples")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:n].tolist())
 
 
 def _digits(cfg) -> DataSplits:
@@ -102,23 +134,71 @@ def _synthetic(cfg, seed: int) -> DataSplits:
     return DataSplits(train, test, shape, cfg.num_classes)
 
 
-def make_train_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool):
-    """Loader of this rank's local batches; call ``loader.sampler.set_epoch(e)`` each epoch."""
+class SeededAugment(Dataset):
+    """Applies a random ``transform`` to ``dataset[i]`` with torch's RNG seeded by (seed, epoch, i).
+
+    Keyed by the sample, not by the process: the crop of sample i in epoch e is the
+    same in a P-worker run, a 1-worker run and with any number of DataLoader
+    processes. The training process's own RNG stream (dropout) is left untouched.
+    :class:`EpochSampler` tells it the epoch.
+    """
+
+    def __init__(self, dataset: Dataset, transform, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + int(index)) % (2**63)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed)
+            x = self.transform(x)
+        return x, y
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that also passes the epoch to the datasets it wraps.
+
+    ``set_epoch`` must run before ``iter(loader)``: DataLoader processes receive a
+    copy of the dataset (with its epoch) when iteration starts, which is also why
+    the loaders never keep their processes alive across epochs.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        inner = self.dataset
+        while inner is not None:  # through Subset and other wrappers that expose .dataset
+            if hasattr(inner, "set_epoch"):
+                inner.set_epoch(epoch)
+            inner = getattr(inner, "dataset", None)
+
+
+def make_train_loader(
+    dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool, num_workers: int = 0
+):
+    """Loader of this rank's local batches; call ``loader.sampler.set_epoch(e)`` each epoch.
+
+    ``num_workers`` DataLoader processes decode and augment; the batches do not depend on it.
+    """
     if len(dataset) < batch_size * world_size:
         raise ConfigError(
             f"train.batch_size={batch_size} x world_size={world_size} is larger than the "
             f"{len(dataset)} training samples; lower train.batch_size"
         )
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-    )
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+    sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers)
 
 
-def make_eval_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int):
+def make_eval_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, num_workers: int = 0):
     """This rank's strided share of the test set, every sample exactly once across ranks."""
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False)
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:

@@ -50,6 +50,11 @@ class PhaseTimer:
             if self._stack:
                 self._stack[-1][1] = end  # the outer phase resumes now
 
+    def start(self) -> float:
+        """Begin a step: forget time booked outside steps (e.g. an epoch-end flush); returns now."""
+        self.totals = {}
+        return time.perf_counter()
+
     def pop(self) -> Dict[str, float]:
         totals, self.totals = self.totals, {}
         return totals

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,9 +22,10 @@ from .config import Config
 from .data import load_dataset, make_eval_loader, make_train_loader
 from .io import atomic_torch_save
 from .metrics import MetricsLog, PhaseTimer
-from .models import build_model, count_parameters
-from .runinfo import update_summary
+from .models import average_buffers, build_model, count_parameters, loss_and_logits
+from .runinfo import base_summary, update_summary
 from .strategies import make_strategy
+from .timeline import Timeline, write_trace
 
 log = logging.getLogger("asyncsgd")
 
@@ -31,6 +33,8 @@ log = logging.getLogger("asyncsgd")
 def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress: bool = False) -> dict:
     """Train on this rank; returns the run summary (written to disk by rank 0)."""
     writer = comm.rank == 0  # one flag gates all file output
+    if writer:  # under launcher=external no launcher wrote it; here the world size is the real one
+        update_summary(run_dir, **base_summary(cfg, comm.size))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     device = comm.device
@@ -41,15 +45,21 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
         comm.broadcast(tensor, root=0)
 
     timer = PhaseTimer()
-    strategy = make_strategy(cfg.strategy, comm, timer)
+    timeline = Timeline(comm.rank, cfg.timeline_first_step, cfg.timeline_steps,
+                        enabled=cfg.timeline and (writer or cfg.timeline_all_ranks))
+    strategy = make_strategy(cfg.strategy, comm, timer, timeline, clip_norm=cfg.train.grad_clip_norm)
     net = strategy.attach(
         model,
         lambda params: torch.optim.SGD(
             params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
         ),
     )
-    loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle)
-    test_loader = make_eval_loader(data.test, max(256, cfg.train.batch_size), comm.rank, comm.size)
+    timeline.watch(model)
+    comm_alone = measure_allreduce(comm, model) if cfg.train.measure_comm else None
+    loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle,
+                               num_workers=cfg.dataset.workers)
+    test_loader = make_eval_loader(data.test, max(256, cfg.train.batch_size), comm.rank, comm.size,
+                                   num_workers=cfg.dataset.workers)
     total_steps = len(loader) * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -67,7 +77,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
             loader.sampler.set_epoch(epoch)
             batches = iter(loader)
             while step < total_steps:
-                t0 = time.perf_counter()
+                t0 = timer.start()
                 with timer.phase("data"):
                     batch = next(batches, None)
                 if batch is None:
@@ -77,8 +87,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
 
                 strategy.zero_grad()
                 with timer.phase("forward"):
-                    out = net(x)
-                    loss = F.cross_entropy(out, y)  # mean over the local batch
+                    loss, out = loss_and_logits(net(x), y, cfg.model)  # mean over the local batch (+ aux losses)
                 with timer.phase("backward"):
                     loss.backward()  # strategy hooks may start reductions here
                 with timer.phase("comm_wait"):
@@ -99,17 +108,50 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
             tracker.end_epoch(step, max(epoch - 1, 0), model, test_loader)
     finally:
         strategy.close()
+        timeline.close()
         tracker.close()
 
     summary = tracker.summary(model, strategy)
+    summary["allreduce_alone_s"] = comm_alone
+    if cfg.timeline:
+        events = gather_timeline(timeline, comm, cfg.timeline_all_ranks)
+        if writer:
+            write_trace(run_dir / "timeline.json", events)
     if writer:
         atomic_torch_save(run_dir / "model_final.pt", model.state_dict())
         update_summary(run_dir, **summary)
     return summary
 
 
+def measure_allreduce(comm: Communicator, model: torch.nn.Module, repeats: int = 15) -> Optional[float]:
+    """Median time of one fused allreduce of the whole gradient, with nothing else running (T_comm)."""
+    if comm.size == 1:
+        return 0.0
+    buffer = torch.zeros(sum(p.numel() for p in model.parameters()), device=comm.device)
+    times = []
+    for _ in range(repeats + 2):
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce(buffer)
+        times.append(time.perf_counter() - t0)
+    # every rank reports rank 0's figure so the summary is one number
+    return comm.broadcast_object(statistics.median(times[2:]), root=0)
+
+
+def gather_timeline(timeline: Timeline, comm: Communicator, all_ranks: bool) -> list:
+    """Rank 0's trace events, plus every other rank's when asked (one broadcast per rank)."""
+    events = timeline.trace_events() if comm.rank == 0 else []
+    if all_ranks:
+        for r in range(1, comm.size):
+            theirs = comm.broadcast_object(timeline.trace_events() if comm.rank == r else None, root=r)
+            if comm.rank == 0:
+                events += theirs
+    return events
+
+
 def evaluate(model: torch.nn.Module, loader, comm: Communicator) -> tuple[float, float]:
     """Test loss and accuracy over the whole test set (each rank scores its share)."""
+    average_buffers(model, comm)  # BatchNorm statistics: one set, from every rank's batches
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=comm.device)  # loss sum, correct, count
     with torch.no_grad():

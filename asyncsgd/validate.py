@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from typing import List, Optional
@@ -16,10 +15,11 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import GROUPS, ClusterConfig, Config, ConfigError, FaultConfig, TrainConfig, register_configs
+from .launch.environment import find_executable
 
 CONFIG_MODULE = "asyncsgd.conf"
 
@@ -73,34 +73,89 @@ def _valid_keys(parent: str) -> List[str]:
     return sorted(f.name for f in dataclasses.fields(section)) if section else []
 
 
-def expand_sweep(overrides: List[str]) -> List[List[str]]:
-    """The override list of each job a multirun would start (Hydra's basic sweeper order)."""
+def expand_sweep(overrides: List[str], params: Optional[List[str]] = None) -> List[List[str]]:
+    """The override list of each job a multirun would start (Hydra's basic sweeper order).
+
+    ``params`` are the config's ``hydra.sweeper.params`` as ``key=values`` (what an
+    experiment preset sweeps); like Hydra, they come first and the command line
+    replaces any of them it names again.
+    """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parsed = OverridesParser.create().parse_overrides([*(params or []), *overrides])
     batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [job for batch in batches for job in batch] or [[]]
 
 
+def sweeper_params(hydra_cfg: DictConfig) -> List[str]:
+    """``hydra.sweeper.params`` as the ``key=values`` lines Hydra's basic sweeper builds from it."""
+    params = OmegaConf.select(hydra_cfg, "sweeper.params")
+    return [f"{key}={value}" for key, value in (params or {}).items()]
+
+
+def _compose_master(overrides: List[str]) -> DictConfig:
+    """The config a multirun starts from: Hydra composes the command line without its
+    sweeps, and reads the sweeper and launcher settings (a preset's sweeps) from that."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return compose("config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()],
+                   return_hydra_config=True)
+
+
 def compose_jobs(overrides: List[str], multirun: bool) -> List[Config]:
-    """Compose and type-check every job; raises ConfigError with one line."""
+    """Compose and type-check every job (a preset's sweep included); raises ConfigError with one line."""
     register_configs()
-    jobs = expand_sweep(overrides) if multirun else [overrides]
+    _check_launcher_plugin(overrides)
     GlobalHydra.instance().clear()
     configs = []
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            jobs, master = [overrides], None
+            if multirun:
+                try:
+                    master = _compose_master(overrides)
+                except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as exc:
+                    raise ConfigError(explain(exc, list(overrides))) from None
+                jobs = expand_sweep(overrides, sweeper_params(master.hydra))
             for job in jobs:
                 try:
                     cfg = compose("config", overrides=list(job))
                     configs.append(OmegaConf.to_object(cfg))
                 except (HydraException, OmegaConfBaseException, ConfigError, ValueError) as exc:
                     raise ConfigError(explain(exc, list(job))) from None
+            if master is not None:
+                check_cluster_launcher(master.hydra, configs)
     except HydraException as exc:  # the sweep syntax itself
         raise ConfigError(explain(exc, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
     return configs
+
+
+def _check_launcher_plugin(overrides: List[str]) -> None:
+    """hydra/launcher=submitit_* needs the plugin; without it Hydra's error names a schema, not the fix."""
+    for line in overrides:
+        key, _, value = line.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and value.startswith("submitit"):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                raise ConfigError(f"hydra/launcher={value} needs hydra-submitit-launcher: pip install 'asyncsgd[slurm]'")
+
+
+def check_cluster_launcher(hydra_cfg: DictConfig, configs: List[Config]) -> None:
+    """A SLURM job array asks for one task count for all its jobs, and srun (not us) starts the workers."""
+    if OmegaConf.select(hydra_cfg, "runtime.choices") is None:
+        return
+    if hydra_cfg.runtime.choices.get("hydra/launcher") != "submitit_slurm":
+        return
+    if any(cfg.launcher.name != "external" for cfg in configs):
+        raise ConfigError("hydra/launcher=submitit_slurm starts each run's workers with srun: add launcher=external")
+    tasks = int(hydra_cfg.launcher.nodes) * int(hydra_cfg.launcher.tasks_per_node)
+    sizes = sorted({cfg.world_size for cfg in configs})
+    if sizes != [tasks]:
+        raise ConfigError(
+            f"hydra/launcher=submitit_slurm gives every job hydra.launcher.nodes x hydra.launcher.tasks_per_node = "
+            f"{tasks} tasks, but the jobs ask for world_size={','.join(map(str, sizes))}; "
+            "run one multirun per world size"
+        )
 
 
 def check_combination(cfg: Config) -> None:
@@ -109,6 +164,13 @@ def check_combination(cfg: Config) -> None:
     from .models import check_model_input
 
     check_model_input(cfg.model, dataset_input_shape(cfg.dataset))
+    if cfg.strategy.name == "ddp" and cfg.backend.name == "mpi":
+        raise ConfigError("strategy=ddp needs torch.distributed: use backend=gloo or backend=nccl (not backend=mpi)")
+    if cfg.strategy.name == "layerwise" and cfg.strategy.wait_at == "forward" and cfg.train.grad_clip_norm:
+        raise ConfigError(
+            "train.grad_clip_norm needs the whole gradient before any update, but strategy.wait_at=forward "
+            "updates layer by layer; use strategy.wait_at=step or drop train.grad_clip_norm"
+        )
     if cfg.launcher.name == "emulated":
         from .launch.netns import LinkSpec
 
@@ -127,6 +189,9 @@ _probe_cache: dict = {}
 
 def check_environment(cfg: Config) -> None:
     """What this machine must provide for ``cfg`` (checked once per distinct need)."""
+    from .data import check_dataset_root
+
+    check_dataset_root(cfg.dataset)
     backend = cfg.backend.name
     if cfg.launcher.name == "emulated":
         _check_emulation(cfg)
@@ -148,7 +213,7 @@ def check_environment(cfg: Config) -> None:
             raise ConfigError(
                 "backend=mpi needs mpi4py: pip install 'asyncsgd[mpi]' (or use backend=gloo)"
             )
-        if cfg.launcher.name in ("local", "emulated") and shutil.which(cfg.backend.mpiexec) is None:
+        if cfg.launcher.name in ("local", "emulated") and find_executable(cfg.backend.mpiexec) is None:
             raise ConfigError(
                 f"backend.mpiexec={cfg.backend.mpiexec!r} was not found on PATH; install an MPI "
                 "(pip install 'asyncsgd[mpi]' brings MPICH) or set backend.mpiexec"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -19,7 +19,13 @@ class CommTimeout(RuntimeError):
 
 
 class Handle(ABC):
-    """A reduction in flight. Its tensor must not be touched until ``wait`` returns."""
+    """A reduction in flight. Its tensor must not be touched until ``wait`` returns.
+
+    ``completed_at`` (``time.perf_counter()``) is set by the backend when it learns
+    the reduction finished; the timeline draws each reduction from start to it.
+    """
+
+    completed_at: Optional[float] = None
 
     @abstractmethod
     def is_completed(self) -> bool:
@@ -35,6 +41,7 @@ class DoneHandle(Handle):
 
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor
+        self.completed_at = time.perf_counter()
 
     def is_completed(self) -> bool:
         return True

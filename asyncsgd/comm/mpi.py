@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from typing import Any, Callable, List, Optional
 
 import numpy as np
@@ -44,6 +45,7 @@ class _RequestHandle(Handle):
         return self._done
 
     def _finish(self) -> None:
+        self.completed_at = time.perf_counter()  # as seen by polling: an upper bound
         self._done = True
         self.comm._pending.remove(self)
         if self.average:
@@ -70,6 +72,7 @@ class _ThreadHandle(Handle):
         except BaseException as exc:  # surfaced to the training thread in wait()
             self.error = exc
         finally:
+            self.completed_at = time.perf_counter()
             self.event.set()
 
     def is_completed(self) -> bool:

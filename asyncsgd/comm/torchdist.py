@@ -6,6 +6,7 @@ elastic agent, torchrun or :mod:`asyncsgd.launch.external` set (env:// init).
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,11 @@ class _WorkHandle(Handle):
     def __init__(self, comm: "TorchDistCommunicator", work, tensor: torch.Tensor, average: bool):
         self.comm, self.work, self.tensor, self.average = comm, work, tensor, average
         self._done = False
+        # gloo runs the reduction on its own threads; its future says when it ended.
+        work.get_future().add_done_callback(self._stamp)
+
+    def _stamp(self, _future) -> None:
+        self.completed_at = time.perf_counter()
 
     def is_completed(self) -> bool:
         return self._done or self.work.is_completed()

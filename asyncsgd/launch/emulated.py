@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..config import Config
 from ..runinfo import failures, update_summary
-from .local import WorkerFailure, interrupt_source, reported_failure, run_mpiexec, worker_env
+from .local import WorkerFailure, blame, interrupt_source, run_mpiexec, worker_env
 from .netns import ClusterError, EmulatedCluster, LinkSpec, emulated_cluster
 
 log = logging.getLogger("asyncsgd")
@@ -157,17 +157,16 @@ def supervise(procs: Dict[int, subprocess.Popen], run_dir: Path, grace_s: float,
         raise WorkerFailure(None, f"interrupted ({interrupt_source(exc)})", interrupted=True) from None
     if not exits:
         return
-    reported = reported_failure(run_dir, primary_only=True)
-    if reported:
-        raise reported
-    # No rank reported a failure of its own: blame the first that exited
-    # without any report (killed, OOM), else the first to exit non-zero.
+    # A rank that died without a report (killed, OOM) is the likely cause
+    # unless some rank reported an error of its own; blame() weighs them.
     reporting = {r["rank"] for r in failures(run_dir)}
-    silent = [rank for rank, _ in exits if rank not in reporting]
-    rank = silent[0] if silent else exits[0][0]
-    code = procs[rank].returncode
-    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-    raise WorkerFailure(rank, f"process {procs[rank].pid} {how}")
+    silent = [(rank, code) for rank, code in exits if rank not in reporting]
+    death = None
+    if silent:
+        rank, code = silent[0]
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        death = (rank, f"process {procs[rank].pid} {how}")
+    raise blame(run_dir, death, f"rank {exits[0][0]} exited with status {exits[0][1]}")
 
 
 def _stop(procs: Dict[int, subprocess.Popen], grace_s: float, sig: int = signal.SIGKILL) -> None:

@@ -43,6 +43,14 @@ def detect(env: Mapping[str, str] = os.environ) -> Optional[ProcessPlace]:
     return None
 
 
+def find_executable(name: str) -> Optional[str]:
+    """``name`` on PATH, else beside the running Python (the venv's bin, where the mpich wheel puts mpiexec)."""
+    import shutil
+    import sys
+
+    return shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .environment import find_executable
 from .netns import LinkSpec, emulated_cluster, format_rate
 
 
@@ -65,12 +65,6 @@ class LinkMeasurement:
                 f"bus bandwidth {format_rate(self.bus_bps)} ({self.ratio:.1%} of the rate)")
 
 
-def default_mpiexec() -> str:
-    """mpiexec on PATH, else the one installed beside this interpreter (the mpich wheel's)."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    return shutil.which("mpiexec") or (str(beside) if beside.exists() else "mpiexec")
-
-
 def measure_allreduce(backend: str, link: LinkSpec, world_size: int = 2, nbytes: int = 12_500_000,
                       repeats: int = 5, netmod: str = "ofi", timeout_s: float = 120.0,
                       mpiexec: Optional[str] = None) -> LinkMeasurement:
@@ -85,7 +79,7 @@ def measure_allreduce(backend: str, link: LinkSpec, world_size: int = 2, nbytes:
         env = {"OMP_NUM_THREADS": "1", "ASYNCSGD_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with emulated_cluster(world_size, link) as cluster:
             run_in_cluster(cluster, backend, argv, env, Path(tmp), grace_s=10.0, netmod=netmod,
-                           mpiexec=mpiexec or default_mpiexec())
+                           mpiexec=mpiexec or find_executable("mpiexec") or "mpiexec")
             link_bytes = cluster.link_bytes()
             described = cluster.describe()
         result = json.loads(out.read_text())

@@ -17,11 +17,11 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..config import Config
 from ..runinfo import failures, rank_of_pid
-from .environment import default_threads
+from .environment import default_threads, find_executable
 
 log = logging.getLogger("asyncsgd")
 
@@ -36,19 +36,6 @@ class WorkerFailure(RuntimeError):
 def interrupt_source(exc: KeyboardInterrupt) -> str:
     """Ctrl-C gives a bare KeyboardInterrupt; a signal we turned into one names itself."""
     return str(exc.args[0]) if exc.args else "SIGINT"
-
-
-def reported_failure(run_dir: Path, interrupted: bool = False, primary_only: bool = False) -> Optional[WorkerFailure]:
-    """The failure the workers reported themselves (the likely cause first), if any did.
-
-    ``primary_only`` ignores reports that only echo a peer's death, for a caller
-    that can name a rank that died without reporting (killed) instead.
-    """
-    reports = [r for r in failures(run_dir) if not (primary_only and r.get("secondary"))]
-    if not reports:
-        return None
-    first = reports[0]
-    return WorkerFailure(first["rank"], first["error"], interrupted=interrupted)
 
 
 def worker_env(cfg: Config, progress_bar: bool) -> Dict[str, str]:
@@ -82,7 +69,7 @@ _ABORT_RE = re.compile(r"MPI_Abort\(.*?\) - process (\d+)")
 
 
 def mpiexec_command(cfg: Config, run_dir: Path) -> List[str]:
-    return [cfg.backend.mpiexec, "-n", str(cfg.world_size), *cfg.backend.mpiexec_args,
+    return [find_executable(cfg.backend.mpiexec) or cfg.backend.mpiexec, "-n", str(cfg.world_size), *cfg.backend.mpiexec_args,
             sys.executable, "-m", "asyncsgd.worker", str(run_dir)]
 
 
@@ -140,21 +127,38 @@ def _pump(src, dst, seen: List[str]) -> None:
         dst.flush()
 
 
+def blame(run_dir: Path, silent_death: Optional[Tuple[Optional[int], str]], fallback: str,
+          interrupted: bool = False) -> WorkerFailure:
+    """Decide which rank caused the failure.
+
+    A rank's own report of an error beats everything; next comes a rank that
+    died without a word (killed: the launcher saw it go); a report that only
+    echoes a vanished peer ("connection reset", a timeout) comes last.
+    """
+    reports = failures(run_dir)
+    primary = [r for r in reports if not r.get("secondary")]
+    if primary:
+        return WorkerFailure(primary[0]["rank"], primary[0]["error"], interrupted=interrupted)
+    if silent_death is not None:
+        return WorkerFailure(silent_death[0], silent_death[1], interrupted=interrupted)
+    if reports:
+        return WorkerFailure(reports[0]["rank"], reports[0]["error"], interrupted=interrupted)
+    return WorkerFailure(None, fallback, interrupted=interrupted)
+
+
 def _mpi_failure(run_dir: Path, output: str, code: int) -> WorkerFailure:
-    reported = reported_failure(run_dir, interrupted=code == 130)
-    if reported:
-        return reported
+    silent = None
     match = _PID_RE.search(output)
     if match:
         pid = int(match.group(1))
-        rank = rank_of_pid(run_dir, pid)
         signal_text = re.search(r"EXIT STRING: (.+)", output)
         reason = signal_text.group(1).strip() if signal_text else f"exit code {code}"
-        return WorkerFailure(rank, f"process {pid} ended: {reason}")
-    match = _ABORT_RE.search(output)
-    if match:
-        return WorkerFailure(int(match.group(1)), "called MPI_Abort")
-    return WorkerFailure(None, f"mpiexec exited with status {code}")
+        silent = (rank_of_pid(run_dir, pid), f"process {pid} ended: {reason}")
+    else:
+        match = _ABORT_RE.search(output)
+        if match:
+            silent = (int(match.group(1)), "called MPI_Abort")
+    return blame(run_dir, silent, f"mpiexec exited with status {code}", interrupted=code == 130)
 
 
 # ---------------------------------------------------------------- torch.distributed
@@ -186,13 +190,10 @@ def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
 
 
 def _elastic_failure(run_dir: Path, exc) -> WorkerFailure:
-    reported = reported_failure(run_dir)
-    if reported:
-        return reported
-    # No report: the process died without running its handler (SIGKILL, OOM).
+    silent = None
     dead = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
     for rank, failure in dead:
-        if failure.exitcode != 0:
-            how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-            return WorkerFailure(rank, f"process {failure.pid} {how}")
-    return WorkerFailure(None, str(exc).strip().splitlines()[0])
+        if failure.exitcode < 0:  # killed by a signal: it could not write a report
+            silent = (rank, f"process {failure.pid} killed by {failure.signal_name()}")
+            break
+    return blame(run_dir, silent, str(exc).strip().splitlines()[0])

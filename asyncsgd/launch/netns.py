@@ -464,9 +464,11 @@ class EmulatedCluster:
 
     def mpiexec_command(self, mpiexec: str, argv: Sequence[str], extra_args: Sequence[str] = ()) -> List[str]:
         """mpiexec in the switch namespace, treating each worker namespace as a host of one slot."""
+        from .environment import find_executable
+
         hosts = ",".join(f"{self.address(r)}:1" for r in range(self.world_size))
         return [
-            *self.switch_prefix(), shutil.which(mpiexec) or mpiexec,
+            *self.switch_prefix(), find_executable(mpiexec) or mpiexec,
             "-launcher", "ssh", "-launcher-exec", str(self.launcher_script()),
             # Proxies connect back to mpiexec; the switch's address is the one they can reach.
             "-localhost", self.switch_address,

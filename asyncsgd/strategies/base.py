@@ -17,13 +17,15 @@ strategy still owes).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Iterable, List
+import time
+from typing import Callable, Iterable, List, Optional
 
 import torch
 from torch import nn
 
-from ..comm import Communicator
+from ..comm import Communicator, Handle
 from ..metrics import PhaseTimer
+from ..timeline import Timeline
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -31,8 +33,11 @@ OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimize
 class Strategy(ABC):
     name = "base"
 
-    def __init__(self, cfg, comm: Communicator, timer: PhaseTimer):
+    def __init__(self, cfg, comm: Communicator, timer: PhaseTimer, timeline: Optional[Timeline] = None,
+                 clip_norm: Optional[float] = None):
         self.cfg, self.comm, self.timer = cfg, comm, timer
+        self.timeline = timeline if timeline is not None else Timeline(comm.rank, 0, 0, enabled=False)
+        self.clip_norm = clip_norm  # global-norm gradient clipping before each update (None = off)
         self.model: nn.Module | None = None
         self.params: List[nn.Parameter] = []
         self.warnings: List[str] = []
@@ -53,7 +58,27 @@ class Strategy(ABC):
         """Called right after backward."""
 
     def step(self) -> None:
-        self.optimizer.step()
+        self._update(self.optimizer)
+
+    # -- helpers shared by the strategies ---------------------------------------
+    def _reduce(self, tensor: torch.Tensor, label: str) -> Handle:
+        """Start averaging ``tensor`` over all workers; the timeline draws it."""
+        started = time.perf_counter()
+        handle = self.comm.allreduce_async(tensor)
+        self.timeline.reduction(label, handle, started, tensor.numel() * tensor.element_size())
+        return handle
+
+    def _wait(self, handle: Handle, label: str) -> None:
+        """Block until ``handle`` is done, booked as communication wait."""
+        with self.timer.phase("comm_wait"), self.timeline.region(f"wait {label}"):
+            handle.wait()
+
+    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update") -> None:
+        with self.timer.phase("update"), self.timeline.region(label):
+            if self.clip_norm is not None:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
+            optimizer.step()
 
     def flush(self) -> None:
         """Complete every in-flight reduction and every update already due."""
@@ -68,6 +93,21 @@ class Strategy(ABC):
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    @staticmethod
+    def _flatten_into(buffer: torch.Tensor, tensors: List[torch.Tensor]) -> torch.Tensor:
+        offset = 0
+        for t in tensors:
+            buffer[offset: offset + t.numel()].copy_(t.reshape(-1))
+            offset += t.numel()
+        return buffer
+
+    @staticmethod
+    def _unflatten_from(buffer: torch.Tensor, tensors: List[torch.Tensor]) -> None:
+        offset = 0
+        for t in tensors:
+            t.copy_(buffer[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def _grads(self) -> List[torch.Tensor]:
         # A parameter that took no part in this loss still contributes a zero

@@ -9,18 +9,21 @@ from .base import Strategy
 class SyncStrategy(Strategy):
     name = "sync"
 
+    def attach(self, model, make_optimizer):
+        net = super().attach(model, make_optimizer)
+        self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
+                                device=self.params[0].device)
+        return net
+
     def synchronize(self) -> None:
         grads = self._grads()
         if self.cfg.fuse:
             # One reduction of everything flattened together: one message instead of
             # one per tensor (what DDP buckets and Horovod fusion do at full size).
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            self.comm.allreduce(flat)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset: offset + g.numel()].view_as(g))
-                offset += g.numel()
+            self._flatten_into(self.flat, grads)
+            self._wait(self._reduce(self.flat, "allreduce all"), "all")
+            self._unflatten_from(self.flat, grads)
         else:
-            handles = [self.comm.allreduce_async(g) for g in grads]
-            for h in handles:
-                h.wait()
+            handles = [self._reduce(g, f"allreduce {i}") for i, g in enumerate(grads)]
+            for i, h in enumerate(handles):
+                self._wait(h, str(i))

@@ -5,9 +5,6 @@ terminated. Needs root and ``ip netns``; skipped with the reason otherwise.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,17 +14,14 @@ from pathlib import Path
 import pytest
 
 from asyncsgd.launch import netns
-from asyncsgd.launch.linkbench import default_mpiexec, measure_allreduce
+from asyncsgd.launch.linkbench import measure_allreduce
 from asyncsgd.launch.netns import EmulatedCluster, LinkSpec
 
-REPO = Path(__file__).resolve().parents[2]
-MISSING = netns.missing_requirements()
-MPIEXEC = default_mpiexec()
-HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and Path(MPIEXEC).exists()
+from ..conftest import BACKENDS, cli_env, read_summary
+from ..conftest import run_cli as _run_cli
 
+MISSING = netns.missing_requirements()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=f"emulated cluster: {MISSING}")]
-needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py and mpiexec are not installed (pip install 'asyncsgd[mpi]')")
-BACKENDS = ["gloo", pytest.param("mpi", marks=needs_mpi)]
 
 RATE = "200mbit"  # low enough that two workers on two shared cores keep up with it
 
@@ -46,22 +40,12 @@ def _leftovers(cluster_info: dict) -> list:
     return found
 
 
-def _cli(args) -> tuple:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
-        env.pop(var, None)
-    mpi = [f"backend.mpiexec={MPIEXEC}"] if "backend=mpi" in args else []
-    cmd = [sys.executable, "-m", "asyncsgd.cli", "launcher=emulated", f"cluster.bandwidth={RATE}", *args, *mpi]
-    return cmd, env
+def _args(args) -> list:
+    return ["launcher=emulated", f"cluster.bandwidth={RATE}", *args]
 
 
-def run_cli(args, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd, env = _cli(args)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+def run_cli(args, cwd: Path) -> subprocess.CompletedProcess:
+    return _run_cli(_args(args), cwd)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -86,7 +70,7 @@ def test_run_records_the_links_and_leaves_nothing(tmp_path, backend):
     run_dir = tmp_path / "run"
     out = run_cli([f"backend={backend}", "world_size=2", "train.max_steps=10", f"hydra.run.dir={run_dir}"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    s = summary(run_dir)
+    s = read_summary(run_dir)
     assert s["status"] == "complete" and s["launcher"] == "emulated" and s["world_size"] == 2
     cluster = s["cluster"]
     assert cluster["bandwidth_bps"] == 200_000_000
@@ -103,22 +87,24 @@ def test_failed_run_names_the_rank_and_leaves_nothing(tmp_path):
     assert out.returncode == 1
     assert time.monotonic() - start < 120
     assert "worker rank 1 failed" in out.stderr and "SIGKILL" in out.stderr
-    s = summary(run_dir)
+    s = read_summary(run_dir)
     assert s["status"] == "failed" and s["failed_rank"] == 1
     assert not _leftovers(s["cluster"])
 
 
 def test_terminated_run_is_interrupted_and_leaves_nothing(tmp_path):
     run_dir = tmp_path / "run"
-    cmd, env = _cli(["backend=gloo", "world_size=2", "train.epochs=500", f"hydra.run.dir={run_dir}"])
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "asyncsgd.cli",
+           *_args(["backend=gloo", "world_size=2", "train.epochs=500", f"hydra.run.dir={run_dir}"])]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     try:
         # Wait until the workers are training (metrics rows appear), at most 2 minutes.
         deadline = time.monotonic() + 120
         while not (run_dir / "metrics.csv").exists() and not (run_dir / "metrics.jsonl").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the run never started training"
             time.sleep(0.2)
-        cluster = summary(run_dir)["cluster"]
+        cluster = read_summary(run_dir)["cluster"]
         assert set(cluster["namespaces"]) <= set(netns.list_namespaces())
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -127,7 +113,7 @@ def test_terminated_run_is_interrupted_and_leaves_nothing(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err[-2000:]
-    assert summary(run_dir)["status"] == "interrupted"
+    assert read_summary(run_dir)["status"] == "interrupted"
     assert not _leftovers(cluster)
 
 

@@ -2,11 +2,6 @@
 before anything starts (no namespace is created by these tests)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from asyncsgd.config import ConfigError
@@ -14,7 +9,7 @@ from asyncsgd.launch import netns
 from asyncsgd.launch.netns import EmulatedCluster, LinkSpec, parse_rate, parse_size, parse_time_us
 from asyncsgd.validate import check_all
 
-REPO = Path(__file__).resolve().parents[2]
+from ..conftest import run_cli
 
 
 def test_tc_units():
@@ -105,10 +100,8 @@ def test_latency_without_netem_is_refused_not_ignored(monkeypatch):
         check_all(["launcher=emulated", "backend=gloo", "cluster.latency=1ms"], False)
 
 
-def test_cli_exits_2_with_one_line():
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-m", "asyncsgd.cli", "launcher=emulated", "cluster.bandwidth=fast"],
-                         capture_output=True, text=True, env=env, timeout=120)
+def test_cli_exits_2_with_one_line(tmp_path):
+    out = run_cli(["launcher=emulated", "cluster.bandwidth=fast"], cwd=tmp_path, timeout=120)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "cluster.bandwidth='fast' is not understood" in lines[0]

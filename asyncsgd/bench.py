@@ -1,0 +1,165 @@
+"""Overlap micro-benchmark: every strategy back to back, in one invocation.
+
+    asyncsgd-bench --backend gloo --world-size 2 --model cnn --batch 32
+    scripts/bench-overlap --backend mpi --progress thread --repeats 3
+
+Runs no-communication (T_compute), sync, layerwise (wait at forward and at step),
+delayed k=1,2 and ddp as ordinary ``asyncsgd-run`` jobs (so the benchmark
+measures exactly what users run), interleaving the repeats so that machine
+noise hits every strategy alike, and prints:
+
+- median ms/iteration and communication wait per iteration,
+- speedup over ``sync``,
+- overlap efficiency = (T_sync - T) / (T_sync - max(T_compute, T_comm)), where
+  T_comm is one fused allreduce of the whole gradient with nothing else running.
+  1.0 means the strategy hid every second that could be hidden; 0 means none.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+from .io import atomic_write_text, read_json
+
+CASES = {
+    "nocomm": ["strategy=nocomm"],
+    "sync": ["strategy=sync", "train.measure_comm=true"],
+    "layerwise(forward)": ["strategy=layerwise", "strategy.wait_at=forward"],
+    "layerwise(step)": ["strategy=layerwise", "strategy.wait_at=step"],
+    "delayed(k=1)": ["strategy=delayed", "strategy.k=1"],
+    "delayed(k=2)": ["strategy=delayed", "strategy.k=2"],
+    "ddp": ["strategy=ddp"],
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="asyncsgd-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", default="gloo", choices=["gloo", "mpi", "nccl"])
+    p.add_argument("--progress", default=None, choices=["thread", "test", "library"],
+                   help="MPI progress mode (backend=mpi only; default: the config's)")
+    p.add_argument("--world-size", type=int, default=2)
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--shape", default="3,32,32", help="synthetic input shape, comma-separated")
+    p.add_argument("--batch", type=int, default=32, help="per-worker batch size")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--steps", type=int, default=40, help="steps per run (the first 5 are warm-up)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per strategy; medians are reported")
+    p.add_argument("--strategies", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    p.add_argument("--out", type=Path, default=None, help="directory for run dirs, bench.csv and bench.md")
+    p.add_argument("overrides", nargs="*", help="extra asyncsgd-run overrides, e.g. strategy.bucket_mb=1")
+    args = p.parse_args(argv)
+    unknown = [s for s in args.strategies.split(",") if s not in CASES]
+    if unknown:
+        p.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    if args.backend == "mpi" and "ddp" in args.strategies.split(","):
+        args.strategies = ",".join(s for s in args.strategies.split(",") if s != "ddp")  # DDP needs torch.distributed
+    if args.progress and args.backend != "mpi":
+        p.error("--progress applies to --backend mpi only")
+    if args.world_size < 1 or args.batch < 1 or args.steps < 6 or args.repeats < 1:
+        p.error("--world-size, --batch and --repeats must be >= 1, --steps >= 6")
+    return args
+
+
+def common_overrides(args: argparse.Namespace) -> List[str]:
+    shape = "[" + args.shape + "]"
+    out = [
+        "dataset=synthetic", f"dataset.shape={shape}", f"model={args.model}", f"backend={args.backend}",
+        f"world_size={args.world_size}", f"train.batch_size={args.batch}", f"train.threads={args.threads}",
+        f"train.max_steps={args.steps}", "train.epochs=100000", "train.eval_every_epochs=0",
+        "train.warmup_steps=5", "dataset.num_test=64", "progress_bar=false",
+    ]
+    if args.progress:
+        out.append(f"backend.progress={args.progress}")
+    return out + list(args.overrides)
+
+
+def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
+    cmd = [sys.executable, "-m", "asyncsgd.cli", *overrides, f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"benchmark run failed ({' '.join(overrides)}):\n{tail}")
+    summary = read_json(run_dir / "summary.json")
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    iters = metrics[metrics["kind"] == "iter"].iloc[5:]
+    return {
+        "iter_s": summary["median_iter_s"],
+        "comm_wait_s": float(iters["t_comm_wait"].median()),
+        "allreduce_alone_s": summary.get("allreduce_alone_s"),
+    }
+
+
+def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
+    """Medians over repeats, speedup over sync and overlap efficiency."""
+    med = {name: {k: statistics.median([s[k] for s in runs if s.get(k) is not None] or [float("nan")])
+                  for k in ("iter_s", "comm_wait_s", "allreduce_alone_s")}
+           for name, runs in samples.items()}
+    t_sync = med.get("sync", {}).get("iter_s")
+    t_compute = med.get("nocomm", {}).get("iter_s")
+    t_comm = med.get("sync", {}).get("allreduce_alone_s")
+    limit = max(t_compute, t_comm) if t_compute is not None and t_comm is not None else None
+    rows = []
+    for name, m in med.items():
+        efficiency = None
+        if t_sync is not None and limit is not None and name != "nocomm" and t_sync - limit > 1e-9:
+            efficiency = (t_sync - m["iter_s"]) / (t_sync - limit)
+        rows.append({
+            "strategy": name,
+            "ms_per_iter": m["iter_s"] * 1e3,
+            "comm_wait_ms": m["comm_wait_s"] * 1e3,
+            "speedup_vs_sync": t_sync / m["iter_s"] if t_sync else None,
+            "overlap_efficiency": efficiency,
+        })
+    table = pd.DataFrame(rows)
+    table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
+                       limit_ms=(limit or float("nan")) * 1e3)
+    return table
+
+
+def render(table: pd.DataFrame, args: argparse.Namespace) -> str:
+    a = table.attrs
+    head = (f"model={args.model} input={args.shape} batch={args.batch}/worker world_size={args.world_size} "
+            f"backend={args.backend}{' progress=' + args.progress if args.progress else ''} threads={args.threads} "
+            f"steps={args.steps} repeats={args.repeats}\n"
+            f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = {a['t_comm_ms']:.1f} ms, "
+            f"limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n\n")
+    return head + table.to_markdown(index=False, floatfmt=".2f") + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    from tqdm import tqdm
+
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        sys.exit(2 if exc.code else 0)
+    out = args.out or Path("results") / "bench" / pd.Timestamp.now().strftime("%Y-%m-%d_%H-%M-%S")
+    names = args.strategies.split(",")
+    samples: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    jobs = [(r, n) for r in range(args.repeats) for n in names]  # interleaved: noise hits all alike
+    bar = tqdm(jobs, desc="benchmark", unit="run", disable=None)
+    for repeat, name in bar:
+        bar.set_postfix_str(name)
+        try:
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")  # Hydra's override grammar dislikes ( ) =
+            samples[name].append(run_case(out / f"{slug}-{repeat}", common_overrides(args) + CASES[name]))
+        except RuntimeError as exc:
+            print(f"asyncsgd-bench: {exc}", file=sys.stderr)
+            sys.exit(1)
+    table = summarize(samples)
+    text = render(table, args)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "bench.csv", index=False)
+    atomic_write_text(out / "bench.md", text)
+    print(text + f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Delayed-k SGD (bounded staleness): the gradient of step t is applied at step t+k.
+
+After backward, the gradients are copied into one of k+1 flat buffers and their
+reduction starts in the background; then the reduced gradient of step t-k is
+waited for (usually long done) and applied. Steps 0..k-1 apply nothing. A buffer
+handed to a reduction is not touched again until that reduction is applied.
+``flush`` completes the reductions in flight but keeps them queued (evaluation
+sees the true weights without changing the math); ``finish`` applies them when
+``strategy.drain`` is true. k=0 is exactly ``sync``.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, List, Tuple
+
+import torch
+
+from ..comm import Handle
+from .base import Strategy
+
+
+class DelayedStrategy(Strategy):
+    name = "delayed"
+
+    def attach(self, model, make_optimizer):
+        net = super().attach(model, make_optimizer)
+        numel = sum(p.numel() for p in self.params)
+        like = self.params[0]
+        self.free: Deque[torch.Tensor] = deque(
+            torch.empty(numel, dtype=like.dtype, device=like.device) for _ in range(self.cfg.k + 1)
+        )
+        self.in_flight: Deque[Tuple[int, Handle, torch.Tensor]] = deque()  # (step, handle, buffer), oldest first
+        self.steps_taken = 0
+        return net
+
+    def synchronize(self) -> None:
+        buffer = self._flatten_into(self.free.popleft(), self._grads())
+        self.in_flight.append((self.steps_taken, self._reduce(buffer, f"allreduce step {self.steps_taken}"), buffer))
+        self.steps_taken += 1
+
+    def step(self) -> None:
+        if len(self.in_flight) > self.cfg.k:
+            self._apply_oldest()
+
+    def _apply_oldest(self) -> None:
+        step, handle, buffer = self.in_flight.popleft()
+        self._wait(handle, f"step {step}")
+        self._unflatten_from(buffer, self._grads())
+        self._update(self.optimizer, f"update with gradient of step {step}")
+        self.free.append(buffer)
+
+    def flush(self) -> None:
+        for step, handle, _ in self.in_flight:
+            self._wait(handle, f"step {step}")
+
+    def finish(self) -> None:
+        self.flush()
+        while self.cfg.drain and self.in_flight:
+            self._apply_oldest()
+
+    def pending_steps(self) -> List[int]:
+        return [step for step, _, _ in self.in_flight]
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["undrained_gradients"] = len(self.in_flight)
+        return info

@@ -1,0 +1,15 @@
+"""No communication at all: each worker trains on its own shard.
+
+Not data-parallel SGD (the workers drift apart); it exists to measure the
+compute-only time of an iteration, T_compute, for the overlap benchmark.
+"""
+from __future__ import annotations
+
+from .base import Strategy
+
+
+class NoCommStrategy(Strategy):
+    name = "nocomm"
+
+    def synchronize(self) -> None:
+        pass

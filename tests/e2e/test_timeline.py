@@ -1,0 +1,53 @@
+"""timeline=true writes a Chrome trace that shows where each reduction ran."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+
+from ..conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _trace(workdir, name, args):
+    run_dir = workdir / name
+    result = run_cli(["backend=gloo", "train.max_steps=12", "timeline=true", "timeline_first_step=4",
+                      "timeline_steps=3", *args, f"hydra.run.dir={run_dir}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "timeline.json").read_text())["traceEvents"]
+
+
+def _by_step(events, tid, prefix):
+    out = defaultdict(list)
+    for e in events:
+        if e["ph"] == "X" and e["tid"] == tid and e["name"].startswith(prefix):
+            out[e["args"]["step"]].append(e)
+    return out
+
+
+def test_layerwise_reductions_start_during_backward_and_sync_after_it(workdir):
+    layerwise = _trace(workdir, "lw", ["strategy=layerwise"])
+    names = {e["args"]["name"] for e in layerwise if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert names == {"compute (per layer)", "communication (reductions)", "training thread waits/updates"}
+
+    backward = _by_step(layerwise, 0, "backward")
+    forward = _by_step(layerwise, 0, "forward")
+    reductions = _by_step(layerwise, 1, "allreduce")
+    assert sorted(reductions) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert len(forward[step]) == 3 and len(reductions[step]) == 3  # mlp: 3 layers, one reduction each
+        assert len(backward[step]) == 3  # one span per layer, ending at its gradient-ready mark
+        backward_end = max(e["ts"] + e["dur"] for e in backward[step])
+        first_start = min(e["ts"] for e in reductions[step])
+        assert first_start < backward_end, "the last layer's reduction must start while backward still runs"
+        assert all(e["args"]["bytes"] > 0 for e in reductions[step])
+
+    sync = _trace(workdir, "sync", ["strategy=sync"])
+    backward = _by_step(sync, 0, "backward")
+    reductions = _by_step(sync, 1, "allreduce")
+    for step in (4, 5, 6):
+        (reduction,) = reductions[step]
+        assert reduction["args"]["bytes"] == 4 * (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10)
+        assert reduction["ts"] >= max(e["ts"] + e["dur"] for e in backward[step])

@@ -1,0 +1,74 @@
+"""The strategies' math, on real multi-process runs (design.md, "Exact semantics").
+
+Every run is compared with a plain single-process reference written in
+helpers.reference_sgd, so the semantics are pinned down, not just self-consistent.
+"""
+from __future__ import annotations
+
+import pytest
+
+from ..conftest import BACKENDS
+from .helpers import max_relative_error, reference_sgd, train_and_load
+
+pytestmark = pytest.mark.slow
+
+TOL = 1e-5
+P2 = ["world_size=2", "train.batch_size=16"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+@pytest.mark.parametrize("wait_at", ["forward", "step"])
+def test_layerwise_equals_sequential_sgd(workdir, backend, model, wait_at):
+    final = train_and_load(workdir, "lw", [f"backend={backend}", f"model={model}", "strategy=layerwise",
+                                           f"strategy.wait_at={wait_at}", *P2])
+    assert max_relative_error(final, reference_sgd(model, batch=32, steps=60)) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layerwise_with_buckets_equals_sequential_sgd(workdir, backend):
+    # 0.02 MiB fuses the two small lenet conv layers and the last fc layers into shared buckets
+    final = train_and_load(workdir, "lwb", [f"backend={backend}", "model=lenet", "strategy=layerwise",
+                                            "strategy.bucket_mb=0.02", *P2])
+    assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 2])
+def test_delayed_k_is_explicit_delayed_sgd_and_independent_of_worker_count(workdir, backend, k):
+    reference = reference_sgd("mlp", batch=32, steps=60, k=k)
+    two = train_and_load(workdir, "p2", [f"backend={backend}", "strategy=delayed", f"strategy.k={k}", *P2])
+    assert max_relative_error(two, reference) < TOL
+    one = train_and_load(workdir, "p1", [f"backend={backend}", "strategy=delayed", f"strategy.k={k}",
+                                         "world_size=1", "train.batch_size=32"])
+    assert max_relative_error(one, reference) < TOL
+    # and the delay is real: the result differs from undelayed SGD
+    assert max_relative_error(two, reference_sgd("mlp", batch=32, steps=60)) > 1e-3
+
+
+def test_delayed_without_drain_leaves_the_last_k_gradients_unapplied(workdir):
+    final = train_and_load(workdir, "nodrain", ["backend=gloo", "strategy=delayed", "strategy.k=2",
+                                                "strategy.drain=false", *P2])
+    assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60, k=2, drain=False)) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_delayed_k0_is_sync(workdir, backend):
+    final = train_and_load(workdir, "k0", [f"backend={backend}", "strategy=delayed", "strategy.k=0", *P2])
+    assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60)) < TOL
+
+
+def test_ddp_equals_sync(workdir):
+    ddp = train_and_load(workdir, "ddp", ["backend=gloo", "strategy=ddp", *P2])
+    sync = train_and_load(workdir, "sync", ["backend=gloo", "strategy=sync", *P2])
+    assert max_relative_error(ddp, sync) < TOL
+    assert max_relative_error(ddp, reference_sgd("mlp", batch=32, steps=60)) < TOL
+
+
+def test_evaluation_mid_training_does_not_change_the_math(workdir):
+    # eval_every_epochs=1 flushes in-flight reductions at the epoch boundary (step 44 of 60)
+    for strategy in (["strategy=layerwise"], ["strategy=delayed", "strategy.k=2"]):
+        final = train_and_load(workdir, "eval-" + strategy[0][9:], ["backend=gloo", *strategy, *P2,
+                                                                     "train.eval_every_epochs=1"])
+        k = 2 if "delayed" in strategy[0] else 0
+        assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60, k=k)) < TOL

@@ -1,0 +1,46 @@
+"""Exclusive phase timing and the atomically rewritten metrics file."""
+from __future__ import annotations
+
+import csv
+import time
+
+from asyncsgd.metrics import COLUMNS, MetricsLog, PhaseTimer
+
+
+def test_nested_phase_time_is_not_counted_twice():
+    timer = PhaseTimer()
+    with timer.phase("forward"):
+        time.sleep(0.02)
+        with timer.phase("comm_wait"):
+            time.sleep(0.05)
+        time.sleep(0.02)
+    t = timer.pop()
+    assert 0.05 <= t["comm_wait"] < 0.2
+    assert 0.04 <= t["forward"] < t["comm_wait"]  # the wait inside forward is booked as comm_wait
+    assert timer.pop() == {}
+
+
+def test_metrics_csv_has_iteration_and_epoch_rows(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for step in range(4):
+        log.iteration(step, 0, loss=1.0 / (step + 1), lr=0.1, times={"forward": 0.001, "comm_wait": 0.002},
+                      t_iter=0.01 * (step + 1), samples=32, wall_s=step * 0.01)
+    log.epoch(4, 0, wall_s=0.05, train_loss=0.5, train_acc=0.8, test_loss=0.6, test_acc=0.75)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert list(rows[0].keys()) == COLUMNS
+    assert [r["kind"] for r in rows] == ["iter"] * 4 + ["epoch"]
+    assert float(rows[1]["samples_per_s"]) == 32 / 0.02
+    assert float(rows[0]["t_comm_wait"]) == 0.002 and float(rows[0]["t_backward"]) == 0.0
+    assert float(rows[4]["test_acc"]) == 0.75
+    assert log.median_iter_s(warmup=2) == 0.035  # median of 0.03 and 0.04
+    assert not list(tmp_path.glob(".metrics.csv.*"))  # no temp file left behind
+
+
+def test_start_forgets_time_booked_between_steps():
+    timer = PhaseTimer()
+    with timer.phase("comm_wait"):  # e.g. a flush before evaluation
+        time.sleep(0.01)
+    timer.start()
+    with timer.phase("forward"):
+        pass
+    assert set(timer.pop()) == {"forward"}

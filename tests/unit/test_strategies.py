@@ -1,0 +1,194 @@
+"""Strategies in one process (a real gloo group of size 1): bookkeeping, warnings, edge cases."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asyncsgd.comm.torchdist import TorchDistCommunicator
+from asyncsgd.config import DelayedConfig, LayerwiseConfig, SyncConfig
+from asyncsgd.metrics import PhaseTimer
+from asyncsgd.strategies import make_strategy
+
+
+@pytest.fixture(scope="module")
+def comm():
+    import os
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    c = TorchDistCommunicator("gloo", timeout_s=30)
+    yield c
+    dist.destroy_process_group()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 6)
+        self.mid = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+        self.out_proj = nn.Linear(6, 6, bias=False)
+        self.out_proj.weight = self.inp.weight  # shared between the first and a late layer
+
+    def forward(self, x):
+        return self.out(torch.relu(self.out_proj(torch.relu(self.mid(torch.relu(self.inp(x)))))))
+
+
+class WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.unused = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def run(strategy_cfg, comm, model_fn, steps=6, clip=None):
+    torch.manual_seed(0)
+    model = model_fn()
+    strategy = make_strategy(strategy_cfg, comm, PhaseTimer(), clip_norm=clip)
+    net = strategy.attach(model, sgd)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(8, 6, generator=g), torch.randint(3, (8,), generator=g)
+        strategy.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        strategy.synchronize()
+        strategy.step()
+    strategy.finish()
+    strategy.close()
+    return model, strategy
+
+
+def plain(model_fn, steps=6, clip=None):
+    torch.manual_seed(0)
+    model = model_fn()
+    opt = sgd(model.parameters())
+    # The strategies give a parameter that takes no part in the loss a zero gradient
+    # (every rank must reduce the same tensors), so weight decay and momentum still
+    # act on it; plain PyTorch would skip a grad=None parameter. Say so here.
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(8, 6, generator=g), torch.randint(3, (8,), generator=g)
+        opt.zero_grad(set_to_none=False)
+        F.cross_entropy(model(x), y).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+    return model
+
+
+def assert_same(a: nn.Module, b: nn.Module):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("wait_at", ["forward", "step"])
+def test_tied_weights_keep_the_math_and_are_reported(comm, wait_at):
+    model, strategy = run(LayerwiseConfig(wait_at=wait_at), comm, Tied)
+    assert_same(model, plain(Tied))
+    assert any("tied/shared parameter" in w for w in strategy.describe()["warnings"])
+
+
+@pytest.mark.parametrize("wait_at", ["forward", "step"])
+def test_layers_skipped_by_forward_are_still_reduced_and_updated(comm, wait_at):
+    model, _ = run(LayerwiseConfig(wait_at=wait_at), comm, WithUnused)
+    assert_same(model, plain(WithUnused))
+
+
+def test_batchnorm_is_reported():
+    class BN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn, self.out = nn.Linear(6, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.out(self.bn(self.fc(x)))
+
+    from asyncsgd.comm.base import Communicator
+
+    class Solo(Communicator):  # attach() alone needs no collectives
+        def allreduce_async(self, tensor, average=True): raise AssertionError
+        def broadcast(self, tensor, root=0): pass
+        def broadcast_object(self, obj, root=0): return obj
+        def barrier(self): pass
+
+    strategy = make_strategy(LayerwiseConfig(), Solo(timeout_s=1), PhaseTimer())
+    strategy.attach(BN(), sgd)
+    (warning,) = strategy.describe()["warnings"]
+    assert "BatchNorm" in warning and "no longer equals single-process SGD" in warning
+
+
+def test_buckets_follow_bucket_mb(comm):
+    def layers():
+        return nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 100), nn.Linear(100, 100), nn.Linear(100, 10))
+
+    per_layer = make_strategy(LayerwiseConfig(bucket_mb=0), comm, PhaseTimer())
+    per_layer.attach(layers(), sgd)
+    assert [b.label for b in per_layer.buckets] == ["3", "2", "1", "0"]  # backward order
+    # ~52 KB cap; layers are 40 KB (0-2) and 4 KB (3). Like DDP, a bucket closes once it
+    # reaches the cap: 3+2 (44 KB) is still under it, 3+2+1 (85 KB) closes it.
+    fused = make_strategy(LayerwiseConfig(bucket_mb=0.05), comm, PhaseTimer())
+    fused.attach(layers(), sgd)
+    assert [b.label for b in fused.buckets] == ["1+2+3", "0"]
+    assert [p.shape for p in fused.buckets[0].params] == [(100, 100), (100,)] * 2 + [(10, 100), (10,)]
+    one = make_strategy(LayerwiseConfig(bucket_mb=100), comm, PhaseTimer())
+    one.attach(layers(), sgd)
+    assert len(one.buckets) == 1
+
+
+def test_hooks_are_removed_on_close(comm):
+    model, strategy = run(LayerwiseConfig(), comm, WithUnused, steps=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    F.cross_entropy(model(torch.randn(4, 6)), torch.randint(3, (4,))).backward()
+    model(torch.randn(4, 6))  # no pre-hook may update anything now
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert strategy._hooks == []
+
+
+@pytest.mark.parametrize("cfg", [SyncConfig(), LayerwiseConfig(wait_at="step")])
+def test_global_norm_clipping_matches_plain_sgd(comm, cfg):
+    model, _ = run(cfg, comm, WithUnused, clip=0.05)
+    assert_same(model, plain(WithUnused, clip=0.05))
+
+
+def test_delayed_keeps_k_plus_one_buffers_and_k_gradients_in_flight(comm):
+    torch.manual_seed(0)
+    strategy = make_strategy(DelayedConfig(k=2, drain=True), comm, PhaseTimer())
+    net = strategy.attach(WithUnused(), sgd)
+    applied = []
+    for step in range(5):
+        strategy.zero_grad()
+        F.cross_entropy(net(torch.randn(4, 6)), torch.randint(3, (4,))).backward()
+        strategy.synchronize()
+        strategy.step()
+        applied.append(strategy.pending_steps())
+        assert len(strategy.free) + len(strategy.in_flight) == 3
+    assert applied == [[0], [0, 1], [1, 2], [2, 3], [3, 4]]
+    strategy.flush()
+    assert strategy.pending_steps() == [3, 4]  # flush completes, it does not apply
+    strategy.finish()
+    assert strategy.pending_steps() == []
