@@ -27,9 +27,13 @@ Library interface (what ``launcher=emulated`` and the benchmarks use)::
     from asyncsgd.launch.netns import LinkSpec, emulated_cluster
 
     with emulated_cluster(world_size=2, link=LinkSpec.parse("1gbit")) as cluster:
+        # the simplest: start argv as every rank (gloo or mpi) and supervise it
+        asyncsgd.launch.emulated.run_in_cluster(cluster, "gloo", argv, env, run_dir, grace_s=10)
+        # or piece by piece:
         cluster.prefix(rank)            # ["ip", "netns", "exec", "asg-S-<rank>"]: run a command on rank's node
         cluster.address(rank)           # "10.213.0.<rank+1>"
         cluster.torchdist_env(rank)     # RANK, WORLD_SIZE, MASTER_ADDR (the switch), GLOO_SOCKET_IFNAME, ...
+                                        # (the store: asyncsgd.launch.emulated.serve_store(cluster, port))
         cluster.mpiexec_command(mpiexec, argv)  # mpiexec in the switch namespace, one host per namespace
         cluster.mpi_env("ofi")          # keeps MPICH off shared memory and on the links
         cluster.link_bytes()            # bytes each link carried, from tc's counters
