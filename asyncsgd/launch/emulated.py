@@ -8,10 +8,10 @@ backend=mpi: ``mpiexec`` runs in the switch namespace and starts one hydra
 proxy per worker namespace through ``-launcher ssh -launcher-exec`` (a script
 that runs ``ip netns exec``), with MPICH pinned to TCP on the link
 (:meth:`EmulatedCluster.mpi_env`). backend=gloo: one plain process per rank,
-started with ``ip netns exec`` and env:// variables, the rendezvous store
-served from the switch (:func:`serve_store`); :func:`supervise` watches them so that a dead rank ends the job
-within ``launcher.grace_s`` and is named. Either way the cluster is torn down
-when the run ends, however it ends.
+started with ``ip netns exec`` and env:// variables, with the rendezvous store
+served from the switch (:func:`serve_store`); :func:`supervise` watches the
+ranks so that a dead one ends the job within ``launcher.grace_s`` and is
+named. Either way the cluster is torn down when the run ends, however it ends.
 
 :func:`run_in_cluster` is the launcher without the run directory's config:
 any worker program (e.g. the link benchmark, :mod:`asyncsgd.launch.linkbench`)
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from ..config import Config
 from ..runinfo import failures, update_summary
