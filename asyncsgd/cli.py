@@ -5,6 +5,7 @@
     asyncsgd-run -m world_size=1,2 backend=mpi,gloo  # a sweep, one run dir per job
     mpiexec -n 4 asyncsgd-run launcher=external     # under an external launcher (also torchrun, srun)
     asyncsgd-report results/multiruns/<date>/<time>  # tables and plots from run dirs
+    asyncsgd-run launcher=emulated cluster.bandwidth=1gbit  # workers in network namespaces (root)
 
 Every job of the command line is composed and checked before any worker starts;
 a bad value ends with exit status 2 and one line naming the key. The same goes
@@ -61,7 +62,11 @@ def _run_local(conf, cfg: DictConfig, run_dir: Path) -> None:
     save_config(run_dir, cfg)
     update_summary(run_dir, **base_summary(conf))
     try:
-        launch_local(conf, run_dir, _progress_bar_wanted(conf.progress_bar))
+        if conf.launcher.name == "emulated":
+            from .launch.emulated import launch_emulated as launch
+        else:
+            launch = launch_local
+        launch(conf, run_dir, _progress_bar_wanted(conf.progress_bar))
     except WorkerFailure as failure:
         status = "interrupted" if failure.interrupted else "failed"
         update_summary(run_dir, status=status, error=failure.reason, failed_rank=failure.rank)

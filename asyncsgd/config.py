@@ -344,6 +344,40 @@ class ExternalLauncherConfig(LauncherConfig):
     name: str = "external"
 
 
+@dataclass
+class EmulatedLauncherConfig(LocalLauncherConfig):
+    """One network namespace per worker on this machine, joined by rate-limited links (see ``cluster``)."""
+
+    name: str = "emulated"
+
+
+# ---------------------------------------------------------------- cluster (launcher=emulated)
+MPI_NETMODS = ["ofi", "ucx"]
+
+
+@dataclass
+class ClusterConfig:
+    """The emulated network of launcher=emulated (ignored by the other launchers).
+
+    Units follow tc: rates in bit/s (bit, kbit, mbit, gbit, tbit), sizes in bytes
+    (b, kb, mb; k = 1024), times in us, ms or s.
+    """
+
+    bandwidth: str = "1gbit"  # rate of every worker's link, in each direction (full duplex)
+    latency: Optional[str] = None  # one-way worker-to-worker delay (netem, half per hop), e.g. 100us; null = none
+    burst: Optional[str] = None  # tbf bucket: bytes that may leave at once; null = 1 ms at the rate, >= 16kb
+    queue: str = "100ms"  # tbf latency: longest a packet waits in a link's queue before it is dropped
+    mtu: int = 1500  # bytes per packet on the links
+    subnet: str = "10.213.0.0/24"  # private addresses, used only inside the run's namespaces
+    mpi_netmod: str = "ofi"  # MPICH ch4 netmod over TCP: ofi (libfabric tcp provider) or ucx
+
+    def __post_init__(self) -> None:
+        from .launch.netns import LinkSpec
+
+        LinkSpec.from_config(self)  # raises ConfigError naming the cluster.* key
+        _one_of("cluster.mpi_netmod", self.mpi_netmod, MPI_NETMODS)
+
+
 # ---------------------------------------------------------------- train
 @dataclass
 class TrainConfig:
@@ -398,6 +432,7 @@ class Config:
     launcher: LauncherConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # only for launcher=emulated
     world_size: int = 2  # number of workers (processes), P
     seed: int = 0  # model init and data order; identical on every rank
     progress_bar: Optional[bool] = None  # null = only on an interactive terminal
@@ -440,7 +475,7 @@ GROUPS = {
     "backend": {"mpi": MPIBackendConfig, "gloo": GlooConfig, "nccl": NCCLConfig},
     "strategy": {"sync": SyncConfig, "layerwise": LayerwiseConfig, "delayed": DelayedConfig, "ddp": DDPConfig,
                  "nocomm": NoCommConfig},
-    "launcher": {"local": LocalLauncherConfig, "external": ExternalLauncherConfig},
+    "launcher": {"local": LocalLauncherConfig, "external": ExternalLauncherConfig, "emulated": EmulatedLauncherConfig},
 }
 
 

@@ -18,7 +18,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import GROUPS, Config, ConfigError, FaultConfig, TrainConfig, register_configs
+from .config import GROUPS, ClusterConfig, Config, ConfigError, FaultConfig, TrainConfig, register_configs
 from .launch.environment import find_executable
 
 CONFIG_MODULE = "asyncsgd.conf"
@@ -69,7 +69,7 @@ def _valid_keys(parent: str) -> List[str]:
         return sorted(f.name for f in dataclasses.fields(Config))
     if parent in GROUPS:
         return sorted({f.name for schema in GROUPS[parent].values() for f in dataclasses.fields(schema)})
-    section = {"train": TrainConfig, "fault": FaultConfig}.get(parent)
+    section = {"train": TrainConfig, "fault": FaultConfig, "cluster": ClusterConfig}.get(parent)
     return sorted(f.name for f in dataclasses.fields(section)) if section else []
 
 
@@ -171,6 +171,17 @@ def check_combination(cfg: Config) -> None:
             "train.grad_clip_norm needs the whole gradient before any update, but strategy.wait_at=forward "
             "updates layer by layer; use strategy.wait_at=step or drop train.grad_clip_norm"
         )
+    if cfg.launcher.name == "emulated":
+        from .launch.netns import LinkSpec
+
+        if cfg.backend.name not in ("gloo", "mpi"):
+            raise ConfigError(f"launcher=emulated runs backend=gloo or backend=mpi, not backend={cfg.backend.name}")
+        room = LinkSpec.from_config(cfg.cluster).max_workers
+        if cfg.world_size > room:
+            raise ConfigError(
+                f"world_size={cfg.world_size} does not fit the emulated cluster: cluster.subnet={cfg.cluster.subnet} "
+                f"has addresses for {room} workers; use a larger cluster.subnet (10.213.0.0/24 holds 253)"
+            )
 
 
 _probe_cache: dict = {}
@@ -182,6 +193,8 @@ def check_environment(cfg: Config) -> None:
 
     check_dataset_root(cfg.dataset)
     backend = cfg.backend.name
+    if cfg.launcher.name == "emulated":
+        _check_emulation(cfg)
     if backend == "nccl":
         import torch
 
@@ -200,7 +213,7 @@ def check_environment(cfg: Config) -> None:
             raise ConfigError(
                 "backend=mpi needs mpi4py: pip install 'asyncsgd[mpi]' (or use backend=gloo)"
             )
-        if cfg.launcher.name == "local" and find_executable(cfg.backend.mpiexec) is None:
+        if cfg.launcher.name in ("local", "emulated") and find_executable(cfg.backend.mpiexec) is None:
             raise ConfigError(
                 f"backend.mpiexec={cfg.backend.mpiexec!r} was not found on PATH; install an MPI "
                 "(pip install 'asyncsgd[mpi]' brings MPICH) or set backend.mpiexec"
@@ -209,6 +222,23 @@ def check_environment(cfg: Config) -> None:
             raise ConfigError(
                 "backend.progress=library needs an MPI with MPI_THREAD_MULTIPLE support, and this one "
                 "does not provide it; use backend.progress=thread or test"
+            )
+
+
+def _check_emulation(cfg: Config) -> None:
+    """Root, ip and tc, ip netns; netem only when a latency is asked for."""
+    from .launch.netns import missing_requirements, netem_unavailable
+
+    if "emulation" not in _probe_cache:
+        _probe_cache["emulation"] = missing_requirements()
+    if _probe_cache["emulation"]:
+        raise ConfigError(_probe_cache["emulation"])
+    if cfg.cluster.latency:
+        why = netem_unavailable()
+        if why:
+            raise ConfigError(
+                f"cluster.latency={cfg.cluster.latency} needs the netem qdisc, which this kernel does not have "
+                f"(tc: {why}); leave cluster.latency unset to emulate bandwidth only"
             )
 
 

@@ -53,7 +53,8 @@ def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
     write_pid(run_dir, comm.rank)
     place = detect()
     workers_here = place.local_size if place else comm.size
-    threads = cfg.train.threads or default_threads(workers_here)
+    # A launcher of ours knows how many workers share the cores (ASYNCSGD_THREADS).
+    threads = cfg.train.threads or int(os.environ.get("ASYNCSGD_THREADS") or 0) or default_threads(workers_here)
     progress = os.environ.get("ASYNCSGD_PROGRESS_BAR") == "1"
     try:
         summary = train_entry(cfg, run_dir, comm, threads, progress)
@@ -78,6 +79,9 @@ def _fail(comm, run_dir: Path, exc: BaseException, status: str, code: int) -> No
         update_summary(run_dir, status=status, error=f"{type(exc).__name__}: {exc}")
     sys.stderr.flush()
     comm.abort(code)
+    # MPI_Abort can return (seen with MPICH over TCP when the job is already
+    # going down); this rank must still not carry on as if it had succeeded.
+    os._exit(code)
 
 
 def elastic_entry(run_dir: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -32,10 +33,18 @@ class WorkerFailure(RuntimeError):
         super().__init__(f"{who} failed: {reason}")
 
 
+def interrupt_source(exc: KeyboardInterrupt) -> str:
+    """Ctrl-C gives a bare KeyboardInterrupt; a signal we turned into one names itself."""
+    return str(exc.args[0]) if exc.args else "SIGINT"
+
+
 def worker_env(cfg: Config, progress_bar: bool) -> Dict[str, str]:
     """Environment every worker starts with (threads are fixed before torch loads)."""
     threads = cfg.train.threads or default_threads(cfg.world_size)
     env = {
+        # The worker reads this rather than its launcher's idea of "local":
+        # emulated nodes report one worker each but share this machine's cores.
+        "ASYNCSGD_THREADS": str(threads),
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "ASYNCSGD_PROGRESS_BAR": "1" if progress_bar else "0",
@@ -67,7 +76,18 @@ def mpiexec_command(cfg: Config, run_dir: Path) -> List[str]:
 def _launch_mpiexec(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
     cmd = mpiexec_command(cfg, run_dir)
     log.info("starting %d MPI workers: %s", cfg.world_size, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run_mpiexec(cmd, env, run_dir, cfg.launcher.grace_s)
+
+
+def run_mpiexec(cmd: List[str], env: Dict[str, str], run_dir: Path, grace_s: float, own_group: bool = False) -> None:
+    """Run an mpiexec command line to the end; a failure becomes :class:`WorkerFailure`.
+
+    ``own_group``: mpiexec gets its own process group, so a terminal's Ctrl-C
+    reaches only this process, which then forwards one SIGINT (also after a
+    SIGTERM turned into KeyboardInterrupt, which the terminal never sent on).
+    """
+    extra = {"process_group": 0} if own_group else {}
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **extra)
     seen: List[str] = []
     # Pass the workers' output through as it comes (chunks, not lines: the
     # progress bar redraws with \r) and keep it to find who failed.
@@ -77,16 +97,18 @@ def _launch_mpiexec(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
         p.start()
     try:
         code = proc.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if own_group and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
         # mpiexec forwards SIGINT to the ranks; give them a moment to record it.
         try:
-            code = proc.wait(timeout=cfg.launcher.grace_s)
+            code = proc.wait(timeout=grace_s)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             proc.kill()
             code = proc.wait()
         for p in pumps:
             p.join(timeout=2)
-        raise WorkerFailure(None, "interrupted (SIGINT)", interrupted=True)
+        raise WorkerFailure(None, f"interrupted ({interrupt_source(exc)})", interrupted=True)
     for p in pumps:
         p.join(timeout=5)
     if code != 0:
