@@ -53,6 +53,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=40, help="steps per run (the first 5 are warm-up)")
     p.add_argument("--repeats", type=int, default=1, help="runs per strategy; medians are reported")
     p.add_argument("--strategies", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    p.add_argument("--emulated", default=None, metavar="BANDWIDTH",
+                   help="run every case on an emulated cluster (launcher=emulated) with links of this rate, "
+                        "e.g. 1gbit; needs root and iproute2 (docs/emulated-cluster.md)")
     p.add_argument("--out", type=Path, default=None, help="directory for run dirs, bench.csv and bench.md")
     p.add_argument("overrides", nargs="*", help="extra asyncsgd-run overrides, e.g. strategy.bucket_mb=1")
     args = p.parse_args(argv)
@@ -64,7 +67,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.progress and args.backend != "mpi":
         p.error("--progress applies to --backend mpi only")
     args.modes = args.progress.split(",") if args.progress else [None]
-    bad = [m for m in args.modes if m not in ("thread", "test", "library")]
+    bad = [m for m in args.modes if m not in ("thread", "test", "library", None)]
     if bad:
         p.error(f"--progress: unknown {', '.join(bad)}; choose from thread, test, library")
     if args.world_size < 1 or args.batch < 1 or args.steps < 6 or args.repeats < 1:
@@ -80,6 +83,8 @@ def common_overrides(args: argparse.Namespace) -> List[str]:
         f"train.max_steps={args.steps}", "train.epochs=100000", "train.eval_every_epochs=0",
         "train.warmup_steps=5", "dataset.num_test=64", "progress_bar=false",
     ]
+    if args.emulated:
+        out += ["launcher=emulated", f"cluster.bandwidth={args.emulated}"]
     return out + list(args.overrides)
 
 
@@ -128,7 +133,8 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
 
 def render(tables: Dict[Optional[str], pd.DataFrame], args: argparse.Namespace) -> str:
     text = (f"model={args.model} input={args.shape} batch={args.batch}/worker world_size={args.world_size} "
-            f"backend={args.backend} threads={args.threads} steps={args.steps} repeats={args.repeats}\n")
+            f"backend={args.backend} threads={args.threads} steps={args.steps} repeats={args.repeats}"
+            f"{' links=' + args.emulated + ' (emulated)' if args.emulated else ' (loopback)'}\n")
     for mode, table in tables.items():
         a = table.attrs
         text += (f"\n{'backend.progress=' + mode + ': ' if mode else ''}"

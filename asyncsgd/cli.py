@@ -14,7 +14,9 @@ for asyncsgd-report's arguments and input directories.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import shutil
 import os
 import sys
 import tempfile
@@ -122,6 +124,7 @@ def run(argv: List[str] | None = None) -> None:
         if configs and configs[0].launcher.name == "external" and place is not None and place.rank != 0:
             # Only rank 0 writes; the others learn its run dir at start-up.
             scratch = tempfile.mkdtemp(prefix=f"asyncsgd-rank{place.rank}-")
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
             argv = argv + ["hydra.output_subdir=null", f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}"]
     sys.argv = [sys.argv[0], *argv]
     _hydra_main()

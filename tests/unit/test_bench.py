@@ -43,3 +43,11 @@ def test_ddp_is_dropped_on_mpi_and_modes_are_parsed():
     assert "ddp" not in args.strategies.split(",") and args.modes == ["thread", "test", "library"]
     with pytest.raises(SystemExit):
         parse_args(["--progress", "thread"])  # gloo has no progress modes
+
+
+def test_emulated_links_become_launcher_overrides():
+    from asyncsgd.bench import common_overrides
+
+    args = parse_args(["--emulated", "1gbit", "--backend", "mpi"])
+    assert common_overrides(args)[-2:] == ["launcher=emulated", "cluster.bandwidth=1gbit"]
+    assert "launcher=emulated" not in common_overrides(parse_args([]))
