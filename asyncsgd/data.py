@@ -16,6 +16,8 @@ the same pixels, whichever process decodes them. The on-disk image sets live in
 """
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -169,6 +171,17 @@ class EpochSampler(DistributedSampler):
     copy of the dataset (with its epoch) when iteration starts, which is also why
     the loaders never keep their processes alive across epochs.
     """
+
+    _skip = 0
+
+    def skip_next(self, samples: int) -> None:
+        """The next iteration starts ``samples`` into this rank's share (resuming mid-epoch);
+        the order is unchanged, nothing is loaded for the skipped part."""
+        self._skip = samples
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

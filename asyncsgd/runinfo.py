@@ -97,6 +97,24 @@ def write_pid(run_dir: Path, rank: int) -> None:
     atomic_write_text(Path(run_dir) / INTERNAL / f"rank{rank}.pid", f"{os.getpid()}\n")
 
 
+def clear_rank_files(run_dir: Path) -> None:
+    """Forget the pid files and failure reports of an earlier attempt in this run dir (a resume):
+    they would name the wrong process or blame the wrong rank."""
+    for pattern in ("rank*.pid", "failure-rank*.json"):
+        for f in (Path(run_dir) / INTERNAL).glob(pattern):
+            f.unlink(missing_ok=True)
+
+
+def worker_pids(run_dir: Path) -> List[int]:
+    pids = []
+    for f in sorted((Path(run_dir) / INTERNAL).glob("rank*.pid")):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def rank_of_pid(run_dir: Path, pid: int) -> Optional[int]:
     for f in (Path(run_dir) / INTERNAL).glob("rank*.pid"):
         try:

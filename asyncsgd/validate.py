@@ -18,7 +18,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import GROUPS, Config, ConfigError, FaultConfig, TrainConfig, register_configs
+from .config import (GROUPS, CheckpointConfig, Config, ConfigError, FaultConfig, ResumeConfig, TrainConfig,
+                     register_configs)
 from .launch.environment import find_executable
 
 CONFIG_MODULE = "asyncsgd.conf"
@@ -69,7 +70,8 @@ def _valid_keys(parent: str) -> List[str]:
         return sorted(f.name for f in dataclasses.fields(Config))
     if parent in GROUPS:
         return sorted({f.name for schema in GROUPS[parent].values() for f in dataclasses.fields(schema)})
-    section = {"train": TrainConfig, "fault": FaultConfig}.get(parent)
+    section = {"train": TrainConfig, "fault": FaultConfig, "checkpoint": CheckpointConfig,
+               "resume": ResumeConfig}.get(parent)
     return sorted(f.name for f in dataclasses.fields(section)) if section else []
 
 
