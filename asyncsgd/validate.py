@@ -57,6 +57,9 @@ def explain(exc: BaseException, overrides: List[str]) -> str:
     convert = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", cause_text)
     if convert and key:
         return f"{key.group(1)}={convert.group(1)!r} is not a valid {convert.group(2).lower()}"
+    not_bool = re.search(r"Value '([^']*)' is not a valid bool", cause_text)
+    if not_bool and key:
+        return f"{key.group(1)}={not_bool.group(1)!r} is not a valid bool (true or false)"
     if "Ambiguous value for argument" in text:
         arg = re.search(r"argument '([^']+)'", text)
         return f"{arg.group(1) if arg else 'a value'} lists several values: add -m (--multirun) to sweep over them"

@@ -90,7 +90,12 @@ class Strategy(ABC):
             raise ValueError(f"checkpoint holds {len(state['optimizers'])} optimizer states, "
                              f"strategy {self.name} has {len(optimizers)}")
         for opt, saved in zip(optimizers, state["optimizers"]):
+            # The checkpoint gives the state (momentum); the config gives the hyperparameters,
+            # which may differ under resume.allow_changes (load_state_dict would restore the old ones).
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
             opt.load_state_dict(saved)
+            for group, setting in zip(opt.param_groups, settings):
+                group.update(setting)
         self.steps_done = int(state["steps_done"])
         self.skipped = int(state["skipped"])
 
