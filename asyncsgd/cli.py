@@ -123,10 +123,20 @@ def _check_resume(conf, argv: List[str]) -> List[str]:
 
 
 def _check_new_run_dir(argv: List[str]) -> None:
-    """An explicit hydra.run.dir holding a finished run is refused before Hydra writes into it."""
+    """An explicit hydra.run.dir must be a directory we can create and write, holding no run yet
+    (checked before Hydra writes into it)."""
     for a in argv:
-        if a.startswith("hydra.run.dir=") and (Path(a.split("=", 1)[1]) / "summary.json").exists():
-            raise ConfigError(f"{a.split('=', 1)[1]} already holds a run; choose a new hydra.run.dir "
+        if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):
+            continue
+        key, value = a.split("=", 1)
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{key}={value}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={value}: {existing} is not writable")
+        if key == "hydra.run.dir" and (path / "summary.json").exists():
+            raise ConfigError(f"{value} already holds a run; choose a new hydra.run.dir "
                               "or continue it with resume=auto")
 
 
@@ -168,8 +178,8 @@ def run(argv: List[str] | None = None) -> None:
         try:
             configs = check_all(args.overrides, args.multirun)
             first_rank = place is None or place.rank == 0  # other ranks may not see rank 0's files
-            if configs and not args.multirun and first_rank:
-                if configs[0].resume.path is not None:
+            if configs and first_rank:
+                if configs[0].resume.path is not None and not args.multirun:
                     argv = _check_resume(configs[0], argv)
                 else:
                     _check_new_run_dir(args.overrides)

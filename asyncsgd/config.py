@@ -338,6 +338,9 @@ class LocalLauncherConfig(LauncherConfig):
     name: str = "local"
     grace_s: float = 10.0  # after one worker fails, how long the others get to exit before SIGKILL
 
+    def __post_init__(self) -> None:
+        _require(self.grace_s > 0, f"launcher.grace_s={self.grace_s} must be > 0 (seconds)")
+
 
 @dataclass
 class ExternalLauncherConfig(LauncherConfig):

@@ -165,10 +165,11 @@ def check_cluster_launcher(hydra_cfg: DictConfig, configs: List[Config]) -> None
 
 def check_combination(cfg: Config) -> None:
     """Settings that are valid alone but not together."""
-    from .data import dataset_input_shape
+    from .data import check_sizes, dataset_input_shape
     from .models import check_model_input
 
     check_model_input(cfg.model, dataset_input_shape(cfg.dataset))
+    check_sizes(cfg.dataset, cfg.train.batch_size, cfg.world_size)
     if cfg.strategy.name == "ddp" and cfg.backend.name == "mpi":
         raise ConfigError("strategy=ddp needs torch.distributed: use backend=gloo or backend=nccl (not backend=mpi)")
     if cfg.strategy.name == "layerwise" and cfg.strategy.wait_at == "forward" and cfg.train.grad_clip_norm:
