@@ -95,9 +95,22 @@ def _fail(comm, run_dir: Path, exc: BaseException, status: str, code: int) -> No
     comm.abort(code)
 
 
-def elastic_entry(run_dir: str) -> None:
-    """Entry point for torch's elastic agent (one call per local worker process)."""
-    run_worker(load_config(Path(run_dir)), Path(run_dir))
+INTERRUPTED = "interrupted"
+
+
+def elastic_entry(run_dir: str) -> Optional[str]:
+    """Entry point for torch's elastic agent (one call per local worker process).
+
+    After an agreed stop the worker returns :data:`INTERRUPTED` instead of exiting
+    with status 130: the agent would log a non-zero exit with a traceback.
+    """
+    try:
+        run_worker(load_config(Path(run_dir)), Path(run_dir))
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:
+            return INTERRUPTED
+        raise
+    return None
 
 
 def main(argv=None) -> None:

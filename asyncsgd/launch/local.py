@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..config import Config
 from ..runinfo import failures, rank_of_pid, worker_pids
-from ..worker import EXIT_INTERRUPTED  # what a worker exits with after a clean, agreed stop
+from ..worker import EXIT_INTERRUPTED, INTERRUPTED  # how a worker ends after a clean, agreed stop
 from .environment import default_threads, find_executable
 
 log = logging.getLogger("asyncsgd")
@@ -185,12 +185,14 @@ def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
     )
     log.info("starting %d %s workers with torch's elastic agent", cfg.world_size, cfg.backend.name)
     try:
-        elastic_launch(config, elastic_entry)(str(run_dir))
+        results = elastic_launch(config, elastic_entry)(str(run_dir))
     except ChildFailedError as exc:
         raise _elastic_failure(run_dir, exc) from None
     except SignalException as exc:
         # The agent already passed the signal on to the workers (SIGTERM) and waited for them.
         raise WorkerFailure(None, f"interrupted ({signal.Signals(exc.sigval).name})", interrupted=True) from None
+    if INTERRUPTED in results.values():
+        raise WorkerFailure(None, "interrupted: the workers stopped at a step boundary", interrupted=True)
 
 
 def _elastic_failure(run_dir: Path, exc) -> WorkerFailure:
