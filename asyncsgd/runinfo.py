@@ -105,6 +105,11 @@ def clear_rank_files(run_dir: Path) -> None:
             f.unlink(missing_ok=True)
 
 
+def worker_ranks(run_dir: Path) -> List[int]:
+    """Ranks that started (wrote a pid file) in this run dir."""
+    return sorted(int(f.stem[4:]) for f in (Path(run_dir) / INTERNAL).glob("rank*.pid") if f.stem[4:].isdigit())
+
+
 def worker_pids(run_dir: Path) -> List[int]:
     pids = []
     for f in sorted((Path(run_dir) / INTERNAL).glob("rank*.pid")):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..config import Config
-from ..runinfo import failures, rank_of_pid, worker_pids
+from ..runinfo import failures, rank_of_pid, worker_pids, worker_ranks
 from ..worker import EXIT_INTERRUPTED, INTERRUPTED  # how a worker ends after a clean, agreed stop
 from .environment import default_threads, find_executable
 
@@ -141,6 +141,12 @@ def blame(run_dir: Path, silent_death: Optional[Tuple[Optional[int], str]], fall
         return WorkerFailure(primary[0]["rank"], primary[0]["error"], interrupted=interrupted)
     if silent_death is not None:
         return WorkerFailure(silent_death[0], silent_death[1], interrupted=interrupted)
+    # The launcher may notice a peer's exit before the killed rank's: then the one rank
+    # that started (pid file) but left no report at all is the one that died silently.
+    unreported = sorted(set(worker_ranks(run_dir)) - {r["rank"] for r in reports})
+    if reports and len(unreported) == 1:
+        return WorkerFailure(unreported[0], "ended without a word (killed?); its peers lost the connection to it",
+                             interrupted=interrupted)
     if reports:
         return WorkerFailure(reports[0]["rank"], reports[0]["error"], interrupted=interrupted)
     return WorkerFailure(None, fallback, interrupted=interrupted)

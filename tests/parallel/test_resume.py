@@ -60,3 +60,27 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(workdir, b
     losses, expected = _iter_losses(run_dir), _iter_losses(workdir / "reference")
     assert sorted(losses) == list(range(60))
     assert max(abs(losses[s] - expected[s]) / abs(expected[s]) for s in losses) <= 1e-6
+
+
+@pytest.mark.slow
+def test_resume_from_an_epoch_checkpoint(workdir):
+    """checkpoint.every_epochs: the position is the start of the next epoch (delayed k=1 keeps its queue)."""
+    args = ["backend=gloo", "strategy=delayed", "strategy.k=1", "train.epochs=2", "train.eval_every_epochs=1",
+            "train.lr=0.05", "train.momentum=0.9", "seed=3"]
+    whole = workdir / "whole"
+    result = run_cli([*args, "checkpoint.every_epochs=1", f"hydra.run.dir={whole}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps_per_epoch = 1437 // 32
+    first = whole / "checkpoints" / f"step-{steps_per_epoch:08d}.pt"
+    assert first.exists()
+
+    resumed_dir = workdir / "resumed"
+    result = run_cli([*args, f"resume={first}", f"hydra.run.dir={resumed_dir}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a = torch.load(whole / "model_final.pt", weights_only=True)
+    b = torch.load(resumed_dir / "model_final.pt", weights_only=True)
+    assert max_relative_error(b, a) <= 1e-6
+    assert read_summary(resumed_dir)["final_test_acc"] == read_summary(whole)["final_test_acc"]
+    with open(resumed_dir / "metrics.csv") as f:
+        epochs = [r for r in csv.DictReader(f) if r["kind"] == "epoch"]
+    assert [int(r["step"]) for r in epochs] == [steps_per_epoch, 2 * steps_per_epoch]
