@@ -124,7 +124,12 @@ class Strategy(ABC):
 
     def _finite(self, params: List[torch.Tensor], grad_step: Optional[int]) -> bool:
         """False (update skipped) or NonFiniteGradient when a gradient holds NaN/inf."""
-        if all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None):
+        grads = [p.grad for p in params if p.grad is not None]
+        # Fast path: NaN and inf survive a sum (0.15 ms for 2.4M values, isfinite per element
+        # costs 6 ms); only a non-finite sum, which overflow could also give, is checked exactly.
+        if not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())):
+            return True
+        if all(bool(torch.isfinite(g).all()) for g in grads):
             return True
         if self.nonfinite == "skip":
             self.skipped += 1
