@@ -87,7 +87,8 @@ def update_summary(run_dir: Path, **values: Any) -> Dict[str, Any]:
             summary = {}
     summary.update(values)
     if summary.get("status") in ("complete", "failed", "interrupted"):
-        summary.setdefault("finished_at", now_iso())
+        if summary.get("finished_at") is None:  # a resume clears the earlier attempt's stamp
+            summary["finished_at"] = now_iso()
     atomic_write_json(path, summary)
     return summary
 

@@ -63,6 +63,7 @@ def test_sigterm_stops_every_worker_at_one_step_then_resume_finishes(workdir, ba
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = read_summary(run_dir)
     assert summary["status"] == "complete" and summary["steps"] == stopped + 30
+    assert summary["interrupted_at_step"] is None and summary["error"] is None and summary["finished_at"]
     assert [int(r["step"]) for r in _rows(run_dir)] == list(range(stopped + 30))
 
 

@@ -53,6 +53,8 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_run(workdir, b
     assert "resuming" in resumed.stderr and "step-00000030.pt" in resumed.stderr
     summary = read_summary(run_dir)
     assert summary["status"] == "complete" and summary["steps"] == 60
+    # the earlier attempt's failure is not carried into the finished run's summary
+    assert summary["error"] is None and summary["failed_rank"] is None and summary["finished_at"]
     final = torch.load(run_dir / "model_final.pt", weights_only=True)
     assert max_relative_error(final, reference) <= 1e-6
 
