@@ -117,11 +117,12 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not an asyncsgd checkpoint ({FORMAT})")
     try:
         data["meta"] = json.loads(data["meta"])
-        for key in ("model", "strategy", "ranks"):
-            data[key]  # noqa: B018 - presence check
-        data["meta"]["position"], data["meta"]["config"]  # noqa: B018
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is incomplete or corrupt (missing {exc})") from None
+    except ValueError:
+        raise CheckpointError(f"checkpoint {path} is corrupt (its metadata is not JSON)") from None
+    missing = [k for k in ("model", "strategy", "ranks") if k not in data]
+    missing += [f"meta.{k}" for k in ("position", "config", "tracker", "rng", "world_size") if k not in data["meta"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete (missing {', '.join(missing)})")
     return data
 
 

@@ -205,3 +205,10 @@ def test_check_compatible():
     for change in ({**same_lr, "world_size": 4}, {**same_lr, "strategy": {"name": "delayed", "k": 1}}):
         with pytest.raises(CheckpointError, match="not even with resume.allow_changes"):
             check_compatible(meta, change, True, path)
+
+
+def test_incomplete_checkpoint_names_what_is_missing(tmp_path):
+    path = tmp_path / "step-00000001.pt"
+    torch.save({"format": "asyncsgd-checkpoint/1", "meta": '{"position": {}}', "model": {}}, path)
+    with pytest.raises(CheckpointError, match=r"incomplete \(missing strategy, ranks, meta.config"):
+        load_checkpoint(path)
