@@ -48,6 +48,11 @@ def _task(cfg: DictConfig) -> None:
 
     conf = to_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    if conf.resume.path is None and (run_dir / "summary.json").exists() and not _is_scratch(run_dir):
+        # Hydra's own dirs are new per job; an explicit dir may hold a result: never overwrite it.
+        print(f"asyncsgd-run: error: {run_dir} already holds a run; choose a new hydra.run.dir "
+              "or continue it with resume=auto", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     if conf.launcher.name == "external":
         from .worker import run_worker
 
@@ -58,11 +63,13 @@ def _task(cfg: DictConfig) -> None:
 
 def _run_local(conf, cfg: DictConfig, run_dir: Path) -> None:
     from .launch.local import WorkerFailure, launch_local
-    from .runinfo import base_summary, save_config, update_summary
+    from .runinfo import base_summary, clear_rank_files, save_config, update_summary
     from .io import read_json
 
     save_config(run_dir, cfg)
-    update_summary(run_dir, **base_summary(conf))
+    clear_rank_files(run_dir)
+    update_summary(run_dir, **base_summary(conf), interrupted_at_step=None, checkpoint=None, error=None,
+                   failed_rank=None, finished_at=None)
     try:
         if conf.launcher.name == "emulated":
             from .launch.emulated import launch_emulated as launch
@@ -70,15 +77,74 @@ def _run_local(conf, cfg: DictConfig, run_dir: Path) -> None:
             launch = launch_local
         launch(conf, run_dir, _progress_bar_wanted(conf.progress_bar))
     except WorkerFailure as failure:
-        status = "interrupted" if failure.interrupted else "failed"
-        update_summary(run_dir, status=status, error=failure.reason, failed_rank=failure.rank)
-        print(f"asyncsgd-run: {failure} (run dir: {run_dir})", file=sys.stderr)
+        summary = read_json(run_dir / "summary.json")
+        if failure.interrupted and summary.get("interrupted_at_step") is not None:
+            # the workers stopped together and rank 0 recorded where: keep its account
+            print(f"asyncsgd-run: interrupted at step {summary['interrupted_at_step']}, checkpoint "
+                  f"{summary.get('checkpoint')}; continue with: asyncsgd-run resume=auto hydra.run.dir={run_dir}",
+                  file=sys.stderr)
+        else:
+            status = "interrupted" if failure.interrupted else "failed"
+            update_summary(run_dir, status=status, error=failure.reason, failed_rank=failure.rank)
+            print(f"asyncsgd-run: {failure} (run dir: {run_dir})", file=sys.stderr)
         _failed_jobs.append(str(run_dir))
         if HydraConfig.get().mode == RunMode.RUN:
             sys.exit(130 if failure.interrupted else 1)
         return
     summary = read_json(run_dir / "summary.json")
     _print_result(run_dir, summary)
+
+
+def _is_scratch(run_dir: Path) -> bool:
+    return run_dir.name.startswith("asyncsgd-rank")  # a non-zero rank's throwaway dir (launcher=external)
+
+
+def _resume_shorthand(argv: List[str]) -> List[str]:
+    """``resume=auto`` / ``resume=PATH`` mean ``resume.path=...`` (resume is also a section:
+    resume.allow_changes)."""
+    return [f"resume.path={a[len('resume='):]}" if a.startswith("resume=") else a for a in argv]
+
+
+def _check_resume(conf, argv: List[str]) -> List[str]:
+    """Before any worker starts: the checkpoint exists, reads, and fits this config.
+
+    Returns the overrides with ``resume.path`` pinned to the checkpoint file, so every
+    worker continues from the same one even if a newer one appears meanwhile.
+    """
+    from omegaconf import OmegaConf
+
+    from .checkpoint import check_compatible, load_checkpoint, resolve_resume
+
+    run_dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if conf.resume.path == "auto" and not run_dirs:
+        raise ConfigError("resume=auto continues the run in hydra.run.dir: add hydra.run.dir=RUN_DIR")
+    path = resolve_resume(conf.resume.path, Path(run_dirs[-1]) if run_dirs else Path("."))
+    if path is None:
+        return argv
+    meta = load_checkpoint(path)["meta"]
+    current = OmegaConf.to_container(OmegaConf.structured(conf), resolve=True)
+    accepted = check_compatible(meta, current, conf.resume.allow_changes, path)
+    for change in accepted:
+        log.warning("resume.allow_changes: %s", change)
+    return [a for a in argv if not a.startswith("resume.path=")] + [f"resume.path={path}"]
+
+
+def _check_new_run_dir(argv: List[str]) -> None:
+    """An explicit hydra.run.dir must be a directory we can create and write, holding no run yet
+    (checked before Hydra writes into it)."""
+    for a in argv:
+        if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):
+            continue
+        key, value = a.split("=", 1)
+        path = Path(value).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{key}={value}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={value}: {existing} is not writable")
+        if key == "hydra.run.dir" and (path / "summary.json").exists():
+            raise ConfigError(f"{value} already holds a run; choose a new hydra.run.dir "
+                              "or continue it with resume=auto")
 
 
 def _fmt(value, spec: str, unit: str = "") -> str:
@@ -108,19 +174,25 @@ _hydra_main = hydra.main(config_path="conf", config_name="config", version_base=
 
 def run(argv: List[str] | None = None) -> None:
     """``asyncsgd-run``: validate everything, then hand over to Hydra."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _resume_shorthand(sys.argv[1:] if argv is None else argv)
     register_configs()
     args = _hydra_args(argv)
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     if not informational:
         from .validate import check_all
 
+        place = detect()
         try:
             configs = check_all(args.overrides, args.multirun)
+            first_rank = place is None or place.rank == 0  # other ranks may not see rank 0's files
+            if configs and first_rank:
+                if configs[0].resume.path is not None and not args.multirun:
+                    argv = _check_resume(configs[0], argv)
+                else:
+                    _check_new_run_dir(args.overrides)
         except ConfigError as exc:
             print(f"asyncsgd-run: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
-        place = detect()
         if configs and configs[0].launcher.name == "external" and place is not None and place.rank != 0:
             # Only rank 0 writes; the others learn its run dir at start-up.
             scratch = tempfile.mkdtemp(prefix=f"asyncsgd-rank{place.rank}-")

@@ -338,6 +338,9 @@ class LocalLauncherConfig(LauncherConfig):
     name: str = "local"
     grace_s: float = 10.0  # after one worker fails, how long the others get to exit before SIGKILL
 
+    def __post_init__(self) -> None:
+        _require(self.grace_s > 0, f"launcher.grace_s={self.grace_s} must be > 0 (seconds)")
+
 
 @dataclass
 class ExternalLauncherConfig(LauncherConfig):
@@ -379,6 +382,9 @@ class ClusterConfig:
 
 
 # ---------------------------------------------------------------- train
+NONFINITE = ["stop", "skip"]
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 16  # samples per worker per step; the global batch is world_size * batch_size
@@ -393,6 +399,9 @@ class TrainConfig:
     log_every_steps: int = 1  # per-iteration metric rows are kept every N steps
     grad_clip_norm: Optional[float] = None  # clip the global gradient norm to this before each update
     measure_comm: bool = False  # time fused allreduces of the whole gradient alone before training (T_comm)
+    # A NaN/inf loss or reduced gradient: stop the run naming the step, or skip that
+    # update on every rank (the reduced gradient is the same everywhere) and count it.
+    nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
@@ -407,6 +416,7 @@ class TrainConfig:
         _require(self.log_every_steps >= 1, f"train.log_every_steps={self.log_every_steps} must be >= 1")
         _require(self.grad_clip_norm is None or self.grad_clip_norm > 0,
                  f"train.grad_clip_norm={self.grad_clip_norm} must be > 0 or null")
+        _one_of("train.nonfinite", self.nonfinite, NONFINITE)
 
 
 @dataclass
@@ -415,11 +425,37 @@ class FaultConfig:
 
     rank: Optional[int] = None  # which rank fails; null = no fault
     step: int = 0  # at the start of this step
-    kind: str = "raise"  # raise an exception, or kill (SIGKILL itself)
+    # raise an exception, kill (SIGKILL itself), or nan (this rank's loss becomes NaN)
+    kind: str = "raise"
 
     def __post_init__(self) -> None:
-        _one_of("fault.kind", self.kind, ["raise", "kill"])
+        _one_of("fault.kind", self.kind, ["raise", "kill", "nan"])
         _require(self.step >= 0, f"fault.step={self.step} must be >= 0")
+
+
+# ---------------------------------------------------------------- checkpoint / resume
+@dataclass
+class CheckpointConfig:
+    """Periodic checkpoints in RUN_DIR/checkpoints (a stop by SIGTERM/SIGINT always writes one)."""
+
+    every_steps: int = 0  # steps between checkpoints; 0 = none by step count
+    every_epochs: int = 0  # epochs between checkpoints (written after the epoch's evaluation); 0 = none
+    keep: int = 2  # newest checkpoints kept; older ones are deleted once a newer one is complete
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 0, f"checkpoint.every_steps={self.every_steps} must be >= 0 (0 = off)")
+        _require(self.every_epochs >= 0, f"checkpoint.every_epochs={self.every_epochs} must be >= 0 (0 = off)")
+        _require(self.keep >= 1, f"checkpoint.keep={self.keep} must be >= 1")
+
+
+@dataclass
+class ResumeConfig:
+    """``resume=auto`` / ``resume=PATH`` on the command line are short for ``resume.path=...``."""
+
+    # null: start fresh; auto: the newest checkpoint in hydra.run.dir (fresh if the dir has no run);
+    # PATH: a checkpoint file, or a run dir / its checkpoints dir (its newest checkpoint)
+    path: Optional[str] = None
+    allow_changes: bool = False  # accept config changes that keep the checkpoint meaningful (not world_size, model...)
 
 
 # ---------------------------------------------------------------- top level
@@ -433,6 +469,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # only for launcher=emulated
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     world_size: int = 2  # number of workers (processes), P
     seed: int = 0  # model init and data order; identical on every rank
     progress_bar: Optional[bool] = None  # null = only on an interactive terminal

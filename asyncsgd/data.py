@@ -16,8 +16,11 @@ the same pixels, whichever process decodes them. The on-disk image sets live in
 """
 from __future__ import annotations
 
+import itertools
+import math
+
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +52,38 @@ def dataset_input_shape(cfg: DatasetConfig) -> Tuple[int, ...]:
 
         return image_data.input_shape(cfg)
     raise ConfigError(f"dataset={cfg.name} has no known input shape")
+
+
+DIGITS_SAMPLES = 1797  # scikit-learn's bundled set
+
+
+def dataset_sizes(cfg: DatasetConfig) -> Optional[Tuple[int, int]]:
+    """(train, test) sample counts known from the config alone; None for on-disk sets."""
+    if cfg.name == "digits":
+        test = math.ceil(cfg.test_fraction * DIGITS_SAMPLES)  # how train_test_split rounds a fraction
+        return DIGITS_SAMPLES - test, test
+    if cfg.name == "synthetic":
+        return cfg.num_train, cfg.num_test
+    return None
+
+
+def check_sizes(cfg: DatasetConfig, batch_size: int, world_size: int) -> None:
+    """dataset.subset / test_subset and the global batch against the sample counts (before launch).
+
+    On-disk sets are counted only when loaded, so for them the same checks run in the workers.
+    """
+    sizes = dataset_sizes(cfg)
+    if sizes is None:
+        return
+    train, test = sizes
+    if cfg.subset is not None and cfg.subset > train:
+        raise ConfigError(f"dataset.subset={cfg.subset} is larger than the {train} training samples")
+    if cfg.test_subset is not None and cfg.test_subset > test:
+        raise ConfigError(f"dataset.test_subset={cfg.test_subset} is larger than the {test} test samples")
+    usable = cfg.subset or train
+    if batch_size * world_size > usable:
+        raise ConfigError(f"train.batch_size={batch_size} x world_size={world_size} is larger than the "
+                          f"{usable} training samples; lower train.batch_size")
 
 
 def check_dataset_root(cfg: DatasetConfig) -> None:
@@ -169,6 +204,17 @@ class EpochSampler(DistributedSampler):
     copy of the dataset (with its epoch) when iteration starts, which is also why
     the loaders never keep their processes alive across epochs.
     """
+
+    _skip = 0
+
+    def skip_next(self, samples: int) -> None:
+        """The next iteration starts ``samples`` into this rank's share (resuming mid-epoch);
+        the order is unchanged, nothing is loaded for the skipped part."""
+        self._skip = samples
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

@@ -23,6 +23,7 @@ COLUMNS = [
     "step", "epoch", "loss", "lr",
     "t_data", "t_forward", "t_backward", "t_comm_wait", "t_update", "t_iter",  # seconds
     "samples_per_s",
+    "skipped_updates",  # updates skipped so far for a non-finite gradient (train.nonfinite=skip)
     "train_loss", "train_acc", "test_loss", "test_acc",
     "wall_s",  # seconds since training started
 ]
@@ -71,12 +72,13 @@ class MetricsLog:
         self._last_flush = time.monotonic()
 
     def iteration(self, step: int, epoch: int, loss: float, lr: float, times: Dict[str, float],
-                  t_iter: float, samples: int, wall_s: float, keep_row: bool = True) -> None:
+                  t_iter: float, samples: int, wall_s: float, keep_row: bool = True, skipped: int = 0) -> None:
         self.iter_times.append(t_iter)
         if not keep_row:
             return
         row = {"kind": "iter", "step": step, "epoch": epoch, "loss": loss, "lr": lr,
-               "t_iter": t_iter, "samples_per_s": samples / t_iter if t_iter > 0 else None, "wall_s": wall_s}
+               "t_iter": t_iter, "samples_per_s": samples / t_iter if t_iter > 0 else None, "wall_s": wall_s,
+               "skipped_updates": skipped}
         for p in PHASES:
             row[f"t_{p}"] = times.get(p, 0.0)
         self.rows.append(row)

@@ -49,7 +49,7 @@ CHOICE_GROUPS = ("dataset", "model", "backend", "strategy", "launcher")
 # Config keys that do not define what is measured, so runs differing only in them
 # are compared as one setting. seed is here on purpose: repeated seeds are pooled.
 NOT_SETTINGS = re.compile(
-    r"^(seed|world_size|progress_bar|strategy\..*|fault\..*|launcher\..*|backend\.(timeout_s|master_port|mpiexec|"
+    r"^(seed|world_size|progress_bar|strategy\..*|fault\..*|checkpoint\..*|resume\..*|launcher\..*|backend\.(timeout_s|master_port|mpiexec|"
     r"mpiexec_args)|dataset\.(root|download)|train\.log_every_steps)$"
 )
 

@@ -87,7 +87,8 @@ def update_summary(run_dir: Path, **values: Any) -> Dict[str, Any]:
             summary = {}
     summary.update(values)
     if summary.get("status") in ("complete", "failed", "interrupted"):
-        summary.setdefault("finished_at", now_iso())
+        if summary.get("finished_at") is None:  # a resume clears the earlier attempt's stamp
+            summary["finished_at"] = now_iso()
     atomic_write_json(path, summary)
     return summary
 
@@ -95,6 +96,29 @@ def update_summary(run_dir: Path, **values: Any) -> Dict[str, Any]:
 # ---------------------------------------------------------------- ranks
 def write_pid(run_dir: Path, rank: int) -> None:
     atomic_write_text(Path(run_dir) / INTERNAL / f"rank{rank}.pid", f"{os.getpid()}\n")
+
+
+def clear_rank_files(run_dir: Path) -> None:
+    """Forget the pid files and failure reports of an earlier attempt in this run dir (a resume):
+    they would name the wrong process or blame the wrong rank."""
+    for pattern in ("rank*.pid", "failure-rank*.json"):
+        for f in (Path(run_dir) / INTERNAL).glob(pattern):
+            f.unlink(missing_ok=True)
+
+
+def worker_ranks(run_dir: Path) -> List[int]:
+    """Ranks that started (wrote a pid file) in this run dir."""
+    return sorted(int(f.stem[4:]) for f in (Path(run_dir) / INTERNAL).glob("rank*.pid") if f.stem[4:].isdigit())
+
+
+def worker_pids(run_dir: Path) -> List[int]:
+    pids = []
+    for f in sorted((Path(run_dir) / INTERNAL).glob("rank*.pid")):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
 
 
 def rank_of_pid(run_dir: Path, pid: int) -> Optional[int]:

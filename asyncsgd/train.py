@@ -16,7 +16,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
+from .checkpoint import Checkpointer, Position, resolve_resume, restore_rng
 from .comm import Communicator
 from .config import Config
 from .data import load_dataset, make_eval_loader, make_train_loader
@@ -24,6 +26,7 @@ from .io import atomic_torch_save
 from .metrics import MetricsLog, PhaseTimer
 from .models import average_buffers, build_model, count_parameters, loss_and_logits
 from .runinfo import base_summary, update_summary
+from .stopping import Interrupted, StopRequest
 from .strategies import make_strategy
 from .timeline import Timeline, write_trace
 
@@ -48,6 +51,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
     timeline = Timeline(comm.rank, cfg.timeline_first_step, cfg.timeline_steps,
                         enabled=cfg.timeline and (writer or cfg.timeline_all_ranks))
     strategy = make_strategy(cfg.strategy, comm, timer, timeline, clip_norm=cfg.train.grad_clip_norm)
+    strategy.nonfinite = cfg.train.nonfinite
     net = strategy.attach(
         model,
         lambda params: torch.optim.SGD(
@@ -65,17 +69,26 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
         total_steps = min(total_steps, cfg.train.max_steps)
 
     tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer)
+    checkpoints = Checkpointer(cfg, comm, run_dir)
+    checkpoints.config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    start, resume_rng = Position(), None
+    resume_from = resolve_resume_everywhere(cfg, comm, run_dir)
+    if resume_from is not None:
+        start, resume_rng = checkpoints.restore(resume_from, model, strategy, tracker)
+        log.info("resuming %s at step %d (epoch %d, batch %d)", resume_from, start.step, start.epoch, start.batch)
     log.info(
         "rank 0 of %d: %s, %s (%d parameters), strategy=%s, backend=%s, %d steps of global batch %d, %d threads",
         comm.size, cfg.dataset.name, cfg.model.name, count_parameters(model), cfg.strategy.name, comm.name,
         total_steps, cfg.train.batch_size * comm.size, threads,
     )
 
-    step, epoch = 0, 0
+    step, epoch, batch_index = start.step, start.epoch, start.batch
+    stop = StopRequest(comm, lag=strategy.stop_lag)
+    completed = False
     try:
         while step < total_steps:
-            loader.sampler.set_epoch(epoch)
-            batches = iter(loader)
+            batches = epoch_batches(loader, epoch, batch_index, resume_rng)
+            resume_rng = None
             while step < total_steps:
                 t0 = timer.start()
                 with timer.phase("data"):
@@ -83,11 +96,12 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 if batch is None:
                     break
                 x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-                inject_fault(cfg, comm.rank, step)
+                poison = inject_fault(cfg, comm.rank, step)
 
                 strategy.zero_grad()
                 with timer.phase("forward"):
                     loss, out = loss_and_logits(net(x), y, cfg.model)  # mean over the local batch (+ aux losses)
+                    loss = guarded(loss, poison)
                 with timer.phase("backward"):
                     loss.backward()  # strategy hooks may start reductions here
                 with timer.phase("comm_wait"):
@@ -95,18 +109,26 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 with timer.phase("update"):
                     strategy.step()
 
-                tracker.iteration(step, epoch, loss, out, y, strategy.lr, timer.pop(), time.perf_counter() - t0)
+                tracker.iteration(step, epoch, loss, out, y, strategy.lr, timer.pop(), time.perf_counter() - t0,
+                                  strategy.skipped)
                 step += 1
+                batch_index += 1
+                at_step_boundary(Position(step, epoch, batch_index), stop, checkpoints, model, strategy, tracker)
             # Evaluation needs the true current weights: complete everything in flight.
             strategy.flush()
-            epoch += 1
+            epoch_done = batch is None  # the data ran out, not the step budget
+            epoch, batch_index = epoch + 1, 0
             last = step >= total_steps
             evaluate_now = last or (cfg.train.eval_every_epochs > 0 and epoch % cfg.train.eval_every_epochs == 0)
             tracker.end_epoch(step, epoch - 1, model if evaluate_now else None, test_loader)
+            if epoch_done and checkpoints.due_after_epoch(epoch):
+                checkpoints.save(Position(step, epoch, 0), model, strategy, tracker)
         strategy.finish()
         if epoch == 0 or not tracker.evaluated_at(step):
             tracker.end_epoch(step, max(epoch - 1, 0), model, test_loader)
+        completed = True
     finally:
+        stop.close(complete=completed or stop.agreed is not None)
         strategy.close()
         timeline.close()
         tracker.close()
@@ -121,6 +143,52 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
         atomic_torch_save(run_dir / "model_final.pt", model.state_dict())
         update_summary(run_dir, **summary)
     return summary
+
+
+def resolve_resume_everywhere(cfg: Config, comm: Communicator, run_dir: Path) -> Optional[Path]:
+    """Rank 0 decides which checkpoint ``resume`` means (its run dir is the run's)."""
+    path = resolve_resume(cfg.resume.path, run_dir) if comm.rank == 0 else None
+    path = comm.broadcast_object(str(path) if path is not None else None, root=0)
+    return Path(path) if path is not None else None
+
+
+def epoch_batches(loader, epoch: int, skip_batches: int, resume_rng: Optional[dict]):
+    """This rank's batches of ``epoch`` from batch ``skip_batches`` on.
+
+    Starting an iterator draws a seed from torch's global RNG. The uninterrupted
+    run drew it at the start of the epoch, before a mid-epoch checkpoint was
+    taken: so on a mid-epoch resume the saved RNG state goes back *after* the
+    draw, at an epoch start *before* it.
+    """
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.skip_next(skip_batches * loader.batch_size)
+    if resume_rng is not None and skip_batches == 0:
+        restore_rng(resume_rng)
+    batches = iter(loader)
+    if resume_rng is not None and skip_batches > 0:
+        restore_rng(resume_rng)
+    return batches
+
+
+def at_step_boundary(position: Position, stop: StopRequest, checkpoints: Checkpointer, model, strategy,
+                     tracker: "Tracker") -> None:
+    """Periodic checkpoint; or, when the workers agree to stop, a checkpoint and :class:`Interrupted`."""
+    stopping = stop.poll()
+    if not (stopping or checkpoints.due_after_step(position.step)):
+        return
+    strategy.flush()  # a checkpoint holds the true current weights (design.md, semantics 4)
+    path = checkpoints.save(position, model, strategy, tracker)
+    if stopping:
+        raise Interrupted(position.step, stop.agreed, str(path) if path else None)
+
+
+def guarded(loss: torch.Tensor, poison: bool) -> torch.Tensor:
+    """The loss to backpropagate. A non-finite loss (or a ``fault.kind=nan``) becomes a NaN
+    gradient, so the *reduced* gradient, identical on every rank, carries the news and
+    every rank takes the same stop/skip decision without another collective."""
+    if poison or not bool(torch.isfinite(loss)):
+        return loss * float("nan")
+    return loss
 
 
 def measure_allreduce(comm: Communicator, model: torch.nn.Module, repeats: int = 15) -> Optional[float]:
@@ -166,10 +234,15 @@ def evaluate(model: torch.nn.Module, loader, comm: Communicator) -> tuple[float,
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
-def inject_fault(cfg: Config, rank: int, step: int) -> None:
-    """fault.rank/fault.step: fail on purpose, to prove the job does not hang."""
+def inject_fault(cfg: Config, rank: int, step: int) -> bool:
+    """fault.rank/fault.step: fail on purpose, to prove the job does not hang.
+
+    Returns True when this rank's loss must become NaN (fault.kind=nan).
+    """
     if cfg.fault.rank != rank or cfg.fault.step != step:
-        return
+        return False
+    if cfg.fault.kind == "nan":
+        return True
     if cfg.fault.kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"fault injected on rank {rank} at step {step} (fault.kind=raise)")
@@ -195,7 +268,7 @@ class Tracker:
             self._log_redirect = logging_redirect_tqdm()
             self._log_redirect.__enter__()
 
-    def iteration(self, step, epoch, loss, out, y, lr, times, t_iter) -> None:
+    def iteration(self, step, epoch, loss, out, y, lr, times, t_iter, skipped: int = 0) -> None:
         loss_value = loss.item()  # CPU: free; on a GPU this is the one host sync per step
         n = len(y)
         self.epoch_sums[0] += loss_value * n
@@ -204,7 +277,7 @@ class Tracker:
         samples = n * self.comm.size
         keep = step % self.cfg.train.log_every_steps == 0
         self.metrics.iteration(step, epoch, loss_value, lr, times, t_iter, samples,
-                               time.perf_counter() - self.start, keep_row=keep)
+                               time.perf_counter() - self.start, keep_row=keep, skipped=skipped)
         if self.bar is not None:
             self.bar.update(1)
             if step % 10 == 0:
@@ -226,6 +299,20 @@ class Tracker:
         if "test_acc" in values:
             log.info("epoch %d step %d: train loss %.4f, test accuracy %.4f (%.1fs)", epoch, step,
                      values.get("train_loss", float("nan")), values["test_acc"], wall)
+
+    def state(self) -> dict:
+        """Plain values for a checkpoint (the per-rank epoch sums travel separately, as a tensor)."""
+        return {"rows": self.metrics.rows, "iter_times": self.metrics.iter_times,
+                "wall_s": time.perf_counter() - self.start, "last_eval": self.last_eval}
+
+    def load_state(self, state: dict, epoch_sums: torch.Tensor) -> None:
+        self.metrics.rows = list(state["rows"])
+        self.metrics.iter_times = list(state["iter_times"])
+        self.start = time.perf_counter() - state["wall_s"]  # wall_s continues where it stopped
+        self.last_eval = state["last_eval"]
+        self.epoch_sums.copy_(epoch_sums)
+        if self.bar is not None:
+            self.bar.update(len(self.metrics.iter_times))
 
     def evaluated_at(self, step: int) -> bool:
         return self.last_eval is not None and self.last_eval["step"] == step
@@ -257,6 +344,7 @@ class Tracker:
             "target_acc": target,
             "time_to_target_s": time_to_target,
             "train_wall_s": time.perf_counter() - self.start,
+            "skipped_updates": strategy.skipped,
             "parameters": count_parameters(model),
             "gradient_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             **strategy.describe(),

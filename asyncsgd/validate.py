@@ -18,7 +18,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import GROUPS, ClusterConfig, Config, ConfigError, FaultConfig, TrainConfig, register_configs
+from .config import (GROUPS, CheckpointConfig, ClusterConfig, Config, ConfigError, FaultConfig, ResumeConfig,
+                     TrainConfig, register_configs)
 from .launch.environment import find_executable
 
 CONFIG_MODULE = "asyncsgd.conf"
@@ -56,6 +57,9 @@ def explain(exc: BaseException, overrides: List[str]) -> str:
     convert = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", cause_text)
     if convert and key:
         return f"{key.group(1)}={convert.group(1)!r} is not a valid {convert.group(2).lower()}"
+    not_bool = re.search(r"Value '([^']*)' is not a valid bool", cause_text)
+    if not_bool and key:
+        return f"{key.group(1)}={not_bool.group(1)!r} is not a valid bool (true or false)"
     if "Ambiguous value for argument" in text:
         arg = re.search(r"argument '([^']+)'", text)
         return f"{arg.group(1) if arg else 'a value'} lists several values: add -m (--multirun) to sweep over them"
@@ -69,7 +73,8 @@ def _valid_keys(parent: str) -> List[str]:
         return sorted(f.name for f in dataclasses.fields(Config))
     if parent in GROUPS:
         return sorted({f.name for schema in GROUPS[parent].values() for f in dataclasses.fields(schema)})
-    section = {"train": TrainConfig, "fault": FaultConfig, "cluster": ClusterConfig}.get(parent)
+    section = {"train": TrainConfig, "fault": FaultConfig, "cluster": ClusterConfig, "checkpoint": CheckpointConfig,
+               "resume": ResumeConfig}.get(parent)
     return sorted(f.name for f in dataclasses.fields(section)) if section else []
 
 
@@ -160,10 +165,11 @@ def check_cluster_launcher(hydra_cfg: DictConfig, configs: List[Config]) -> None
 
 def check_combination(cfg: Config) -> None:
     """Settings that are valid alone but not together."""
-    from .data import dataset_input_shape
+    from .data import check_sizes, dataset_input_shape
     from .models import check_model_input
 
     check_model_input(cfg.model, dataset_input_shape(cfg.dataset))
+    check_sizes(cfg.dataset, cfg.train.batch_size, cfg.world_size)
     if cfg.strategy.name == "ddp" and cfg.backend.name == "mpi":
         raise ConfigError("strategy=ddp needs torch.distributed: use backend=gloo or backend=nccl (not backend=mpi)")
     if cfg.strategy.name == "layerwise" and cfg.strategy.wait_at == "forward" and cfg.train.grad_clip_norm:

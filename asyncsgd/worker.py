@@ -17,6 +17,7 @@ from typing import Optional
 from .config import Config
 from .launch.environment import default_threads, detect, prepare_torchdist_env
 from .runinfo import load_config, record_failure, update_summary, write_pid
+from .stopping import Interrupted
 
 log = logging.getLogger("asyncsgd")
 
@@ -58,6 +59,8 @@ def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
     progress = os.environ.get("ASYNCSGD_PROGRESS_BAR") == "1"
     try:
         summary = train_entry(cfg, run_dir, comm, threads, progress)
+    except Interrupted as stop:
+        _stop(comm, run_dir, stop)
     except KeyboardInterrupt as exc:
         _fail(comm, run_dir, exc, status="interrupted", code=EXIT_INTERRUPTED)
     except BaseException as exc:
@@ -72,6 +75,18 @@ def train_entry(cfg, run_dir, comm, threads, progress):
     return train(cfg, run_dir, comm, threads, progress)
 
 
+def _stop(comm, run_dir: Path, stop: Interrupted) -> None:
+    """Every rank stopped at the same step and rank 0 wrote a checkpoint: a clean exit, not an abort."""
+    if comm.rank == 0:
+        update_summary(run_dir, status="interrupted", interrupted_at_step=stop.step, checkpoint=stop.checkpoint,
+                       error=f"stopped by {stop.signal_name} at step {stop.step}")
+        log.warning("stopped by %s at step %d; checkpoint %s; continue with resume=auto hydra.run.dir=%s",
+                    stop.signal_name, stop.step, stop.checkpoint, run_dir)
+    sys.stderr.flush()
+    comm.close()
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _fail(comm, run_dir: Path, exc: BaseException, status: str, code: int) -> None:
     record_failure(run_dir, comm.rank, exc, secondary=_is_secondary(exc))
     log.error("rank %d %s: %s: %s", comm.rank, status, type(exc).__name__, exc)
@@ -84,9 +99,22 @@ def _fail(comm, run_dir: Path, exc: BaseException, status: str, code: int) -> No
     os._exit(code)
 
 
-def elastic_entry(run_dir: str) -> None:
-    """Entry point for torch's elastic agent (one call per local worker process)."""
-    run_worker(load_config(Path(run_dir)), Path(run_dir))
+INTERRUPTED = "interrupted"
+
+
+def elastic_entry(run_dir: str) -> Optional[str]:
+    """Entry point for torch's elastic agent (one call per local worker process).
+
+    After an agreed stop the worker returns :data:`INTERRUPTED` instead of exiting
+    with status 130: the agent would log a non-zero exit with a traceback.
+    """
+    try:
+        run_worker(load_config(Path(run_dir)), Path(run_dir))
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:
+            return INTERRUPTED
+        raise
+    return None
 
 
 def main(argv=None) -> None:

@@ -8,8 +8,10 @@ and could not write one, from the launcher's account mapped through pid files.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import re
 import signal
 import subprocess
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..config import Config
-from ..runinfo import failures, rank_of_pid
+from ..runinfo import failures, rank_of_pid, worker_pids, worker_ranks
+from ..worker import EXIT_INTERRUPTED, INTERRUPTED  # how a worker ends after a clean, agreed stop
 from .environment import default_threads, find_executable
 
 log = logging.getLogger("asyncsgd")
@@ -95,24 +98,41 @@ def run_mpiexec(cmd: List[str], env: Dict[str, str], run_dir: Path, grace_s: flo
              for src, dst in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
     for p in pumps:
         p.start()
-    try:
+    with _forward_stop_signals(run_dir, proc):
         code = proc.wait()
-    except KeyboardInterrupt as exc:
-        if own_group and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        # mpiexec forwards SIGINT to the ranks; give them a moment to record it.
-        try:
-            code = proc.wait(timeout=grace_s)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            proc.kill()
-            code = proc.wait()
-        for p in pumps:
-            p.join(timeout=2)
-        raise WorkerFailure(None, f"interrupted ({interrupt_source(exc)})", interrupted=True)
     for p in pumps:
         p.join(timeout=5)
     if code != 0:
         raise _mpi_failure(run_dir, "".join(seen), code)
+
+
+@contextlib.contextmanager
+def _forward_stop_signals(run_dir: Path, proc: subprocess.Popen):
+    """SIGTERM/SIGINT to the launcher: SIGTERM to every worker, which then stop together at
+    a step boundary and checkpoint (asyncsgd.stopping). mpiexec itself would kill them, so
+    the workers are signalled directly, by their pid files. A second signal kills the job."""
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            log.warning("second signal: killing the workers")
+            proc.kill()
+            return
+        log.warning("received %s: asking every worker to stop at the next step boundary",
+                    signal.Signals(signum).name)
+        for pid in worker_pids(run_dir):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _pump(src, dst, seen: List[str]) -> None:
@@ -141,6 +161,12 @@ def blame(run_dir: Path, silent_death: Optional[Tuple[Optional[int], str]], fall
         return WorkerFailure(primary[0]["rank"], primary[0]["error"], interrupted=interrupted)
     if silent_death is not None:
         return WorkerFailure(silent_death[0], silent_death[1], interrupted=interrupted)
+    # The launcher may notice a peer's exit before the killed rank's: then the one rank
+    # that started (pid file) but left no report at all is the one that died silently.
+    unreported = sorted(set(worker_ranks(run_dir)) - {r["rank"] for r in reports})
+    if reports and len(unreported) == 1:
+        return WorkerFailure(unreported[0], "ended without a word (killed?); its peers lost the connection to it",
+                             interrupted=interrupted)
     if reports:
         return WorkerFailure(reports[0]["rank"], reports[0]["error"], interrupted=interrupted)
     return WorkerFailure(None, fallback, interrupted=interrupted)
@@ -158,11 +184,12 @@ def _mpi_failure(run_dir: Path, output: str, code: int) -> WorkerFailure:
         match = _ABORT_RE.search(output)
         if match:
             silent = (int(match.group(1)), "called MPI_Abort")
-    return blame(run_dir, silent, f"mpiexec exited with status {code}", interrupted=code == 130)
+    return blame(run_dir, silent, f"mpiexec exited with status {code}", interrupted=code == EXIT_INTERRUPTED)
 
 
 # ---------------------------------------------------------------- torch.distributed
 def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -184,14 +211,21 @@ def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
     )
     log.info("starting %d %s workers with torch's elastic agent", cfg.world_size, cfg.backend.name)
     try:
-        elastic_launch(config, elastic_entry)(str(run_dir))
+        results = elastic_launch(config, elastic_entry)(str(run_dir))
     except ChildFailedError as exc:
         raise _elastic_failure(run_dir, exc) from None
+    except SignalException as exc:
+        # The agent already passed the signal on to the workers (SIGTERM) and waited for them.
+        raise WorkerFailure(None, f"interrupted ({signal.Signals(exc.sigval).name})", interrupted=True) from None
+    if INTERRUPTED in results.values():
+        raise WorkerFailure(None, "interrupted: the workers stopped at a step boundary", interrupted=True)
 
 
 def _elastic_failure(run_dir: Path, exc) -> WorkerFailure:
     silent = None
     dead = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
+    if dead and all(f.exitcode == EXIT_INTERRUPTED for _, f in dead):
+        return WorkerFailure(None, "interrupted: the workers stopped at a step boundary", interrupted=True)
     for rank, failure in dead:
         if failure.exitcode < 0:  # killed by a signal: it could not write a report
             silent = (rank, f"process {failure.pid} killed by {failure.signal_name()}")

@@ -12,7 +12,13 @@ A strategy is composed with the model by :meth:`attach`, owns its hooks,
 handles and buffers, and removes them in :meth:`close`. :meth:`flush` completes
 every reduction in flight so that evaluation and checkpoints see the true
 current weights; :meth:`finish` ends training (flush, plus whatever the
-strategy still owes).
+strategy still owes). :meth:`state_dict` / :meth:`load_state_dict` carry the
+optimizer state (and, for ``delayed``, the queue of reduced gradients) through
+a checkpoint; they are called only after :meth:`flush`.
+
+Before every update the reduced gradient is checked for NaN/inf
+(``train.nonfinite``): it is the same tensor on every rank, so every rank makes
+the same decision without an extra collective.
 """
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ from torch import nn
 from ..comm import Communicator, Handle
 from ..metrics import PhaseTimer
 from ..timeline import Timeline
+
+class NonFiniteGradient(RuntimeError):
+    """The gradient to apply holds NaN or inf and train.nonfinite=stop."""
+
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -41,6 +51,9 @@ class Strategy(ABC):
         self.model: nn.Module | None = None
         self.params: List[nn.Parameter] = []
         self.warnings: List[str] = []
+        self.nonfinite = "stop"  # train.nonfinite: stop | skip
+        self.skipped = 0  # updates skipped because their gradient was not finite
+        self.steps_done = 0  # step() calls, to name the step of a bad gradient
 
     def attach(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         """Take charge of ``model``'s gradients; returns the module to run forward on."""
@@ -58,7 +71,33 @@ class Strategy(ABC):
         """Called right after backward."""
 
     def step(self) -> None:
-        self._update(self.optimizer)
+        self._update(self.optimizer, grad_step=self.steps_done)
+        self.steps_done += 1
+
+    # -- checkpoint -------------------------------------------------------------
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        """Every optimizer holding state, in a fixed order."""
+        return [self.optimizer]
+
+    def state_dict(self) -> dict:
+        """Tensors and plain values only (saved with torch.save, read with weights_only=True)."""
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers()], "steps_done": self.steps_done,
+                "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        optimizers = self.optimizers()
+        if len(state["optimizers"]) != len(optimizers):
+            raise ValueError(f"checkpoint holds {len(state['optimizers'])} optimizer states, "
+                             f"strategy {self.name} has {len(optimizers)}")
+        for opt, saved in zip(optimizers, state["optimizers"]):
+            # The checkpoint gives the state (momentum); the config gives the hyperparameters,
+            # which may differ under resume.allow_changes (load_state_dict would restore the old ones).
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
+            opt.load_state_dict(saved)
+            for group, setting in zip(opt.param_groups, settings):
+                group.update(setting)
+        self.steps_done = int(state["steps_done"])
+        self.skipped = int(state["skipped"])
 
     # -- helpers shared by the strategies ---------------------------------------
     def _reduce(self, tensor: torch.Tensor, label: str) -> Handle:
@@ -73,12 +112,32 @@ class Strategy(ABC):
         with self.timer.phase("comm_wait"), self.timeline.region(f"wait {label}"):
             handle.wait()
 
-    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update") -> None:
+    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None) -> None:
+        """Apply ``optimizer`` to the reduced gradient computed at step ``grad_step``."""
         with self.timer.phase("update"), self.timeline.region(label):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if not self._finite(params, grad_step):
+                return
             if self.clip_norm is not None:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
             optimizer.step()
+
+    def _finite(self, params: List[torch.Tensor], grad_step: Optional[int]) -> bool:
+        """False (update skipped) or NonFiniteGradient when a gradient holds NaN/inf."""
+        grads = [p.grad for p in params if p.grad is not None]
+        # Fast path: NaN and inf survive a sum (0.15 ms for 2.4M values, isfinite per element
+        # costs 6 ms); only a non-finite sum, which overflow could also give, is checked exactly.
+        if not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())):
+            return True
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            return True
+        if self.nonfinite == "skip":
+            self.skipped += 1
+            return False
+        raise NonFiniteGradient(
+            f"non-finite loss or gradient (NaN/inf) computed at step {grad_step}; "
+            "set train.nonfinite=skip to skip such updates"
+        )
 
     def flush(self) -> None:
         """Complete every in-flight reduction and every update already due."""
@@ -89,6 +148,12 @@ class Strategy(ABC):
 
     def close(self) -> None:
         """Remove hooks and free buffers."""
+
+    @property
+    def stop_lag(self) -> int:
+        """Steps after which a reduction issued at a step boundary may be waited for without
+        waiting earlier than the strategy itself would (see asyncsgd.stopping)."""
+        return 1
 
     @property
     def lr(self) -> float:

@@ -15,7 +15,7 @@ from typing import Deque, List, Tuple
 
 import torch
 
-from ..comm import Handle
+from ..comm import DoneHandle, Handle
 from .base import Strategy
 
 
@@ -46,7 +46,7 @@ class DelayedStrategy(Strategy):
         step, handle, buffer = self.in_flight.popleft()
         self._wait(handle, f"step {step}")
         self._unflatten_from(buffer, self._grads())
-        self._update(self.optimizer, f"update with gradient of step {step}")
+        self._update(self.optimizer, f"update with gradient of step {step}", grad_step=step)
         self.free.append(buffer)
 
     def flush(self) -> None:
@@ -57,6 +57,30 @@ class DelayedStrategy(Strategy):
         self.flush()
         while self.cfg.drain and self.in_flight:
             self._apply_oldest()
+
+    @property
+    def stop_lag(self) -> int:
+        return max(1, self.cfg.k)  # step t's reduction is waited for at step t+k
+
+    def state_dict(self) -> dict:
+        """Adds the reduced gradients still waiting to be applied (call after flush)."""
+        state = super().state_dict()
+        state["steps_taken"] = self.steps_taken
+        state["queue_steps"] = [step for step, _, _ in self.in_flight]
+        state["queue"] = [buffer.clone() for _, _, buffer in self.in_flight]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if len(state["queue"]) > self.cfg.k:
+            raise ValueError(f"checkpoint holds {len(state['queue'])} queued gradients, more than strategy.k={self.cfg.k}")
+        self.steps_taken = int(state["steps_taken"])
+        self.free.extend(buffer for _, _, buffer in self.in_flight)
+        self.in_flight.clear()
+        for step, saved in zip(state["queue_steps"], state["queue"]):
+            buffer = self.free.popleft()
+            buffer.copy_(saved)
+            self.in_flight.append((int(step), DoneHandle(buffer), buffer))  # reduced before it was saved
 
     def pending_steps(self) -> List[int]:
         return [step for step, _, _ in self.in_flight]

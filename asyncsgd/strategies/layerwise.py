@@ -134,7 +134,7 @@ class LayerwiseStrategy(Strategy):
         self._launched.remove(bucket)
         grads = [self._grad(p) for p in bucket.params]
         self._unflatten_from(bucket.buffer, grads)
-        self._update(bucket.optimizer, f"update {bucket.label}")
+        self._update(bucket.optimizer, f"update {bucket.label}", grad_step=bucket.step)
         for g in grads:  # the next backward accumulates into clean gradients
             g.zero_()
 
@@ -166,7 +166,7 @@ class LayerwiseStrategy(Strategy):
 
     def step(self) -> None:
         if self.cfg.wait_at == "step":
-            self._update(self.optimizer)
+            self._update(self.optimizer, grad_step=self._step - 1)
         # wait_at=forward: each layer is updated by its forward pre-hook next iteration
 
     def zero_grad(self) -> None:
@@ -178,6 +178,21 @@ class LayerwiseStrategy(Strategy):
     def flush(self) -> None:
         for bucket in list(self._launched):
             self._apply(bucket)
+
+    def optimizers(self):
+        # wait_at=forward: the per-bucket optimizers hold the momentum; the global one only zero_grad/lr
+        if self.cfg.wait_at == "forward":
+            return [b.optimizer for b in self.buckets]
+        return [self.optimizer]
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["layer_step"] = self._step
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._step = int(state["layer_step"])
 
     def close(self) -> None:
         self.flush()

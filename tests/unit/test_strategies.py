@@ -1,39 +1,14 @@
 """Strategies in one process (a real gloo group of size 1): bookkeeping, warnings, edge cases."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asyncsgd.comm.torchdist import TorchDistCommunicator
 from asyncsgd.config import DelayedConfig, LayerwiseConfig, SyncConfig
 from asyncsgd.metrics import PhaseTimer
 from asyncsgd.strategies import make_strategy
-
-
-@pytest.fixture(scope="module")
-def comm():
-    import os
-
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    c = TorchDistCommunicator("gloo", timeout_s=30)
-    yield c
-    dist.destroy_process_group()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def sgd(params):

@@ -1,0 +1,79 @@
+"""Stopping every worker at the same step when one of them is asked to stop.
+
+SIGTERM (SLURM preemption, ``kill``) or SIGINT (Ctrl-C) may reach any subset of
+the workers. Each worker only notes it; at every step boundary each rank
+starts a non-blocking 1-element sum of its "asked to stop" flag and, ``lag``
+steps later, reads the result. All ranks issue and read the same reductions at
+the same steps, so they all see the same sum and stop at the same boundary.
+
+Why lagged rather than a blocking allreduce each step: collectives complete in
+the order they were issued, so a blocking one at the boundary would first wait
+for every gradient reduction still in flight (layerwise overlaps them with the
+next forward; delayed-k with the next k steps) and erase the overlap being
+measured. Issued after step t's reductions and read at step t+lag, the flag is
+ready by the time the strategy needed those reductions anyway.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+from collections import deque
+from typing import Deque, Optional, Tuple
+
+log = logging.getLogger("asyncsgd")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """Every worker stopped at ``step`` because a stop signal arrived; a checkpoint was written."""
+
+    def __init__(self, step: int, signal_name: str, checkpoint: Optional[str]):
+        self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint {checkpoint}")
+
+
+class StopRequest:
+    """Catches SIGTERM/SIGINT in this worker and agrees with the others on when to stop."""
+
+    def __init__(self, comm, lag: int = 1):
+        self.comm, self.lag = comm, max(1, lag)
+        self.received: Optional[str] = None  # this worker's signal, if any
+        self.agreed: Optional[str] = None
+        self._pending: Deque[Tuple[object, "torch.Tensor"]] = deque()  # noqa: F821
+        self._previous = {}
+        for sig in SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._note)
+            except ValueError:  # not the main thread (embedded use): no signal handling
+                pass
+
+    def _note(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            log.warning("received %s: stopping at the next step boundary all workers agree on", self.received)
+
+    def poll(self) -> bool:
+        """Call at every step boundary on every rank; True when all ranks must stop now."""
+        import torch  # here, not at import: the worker imports this module before torch is needed
+
+        flag = torch.tensor([1.0 if self.received else 0.0], device=self.comm.device)
+        self._pending.append((self.comm.allreduce_async(flag, average=False), flag))
+        if len(self._pending) <= self.lag:
+            return False
+        handle, flag = self._pending.popleft()
+        handle.wait()
+        if float(flag[0]) > 0:
+            self.agreed = self.received or "a signal to another worker"
+            return True
+        return False
+
+    def close(self, complete: bool = True) -> None:
+        """Restore the handlers; with ``complete``, first finish the reductions still open
+        (every rank has the same number). After an error a peer may be gone: do not wait."""
+        while complete and self._pending:
+            self._pending.popleft()[0].wait()
+        self._pending.clear()
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
