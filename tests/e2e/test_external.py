@@ -18,24 +18,16 @@ def _single_run_dir(workdir):
     return runs[0]
 
 
-@needs_mpi
-def test_under_mpiexec_the_ranks_share_rank0s_run_dir(workdir):
-    prefix = [MPIEXEC, "-n", "2"]
-    result = run_cli(["launcher=external", "backend=mpi", "train.max_steps=20", "world_size=2"],
-                     cwd=workdir, prefix=prefix)
+@pytest.mark.parametrize("backend", [pytest.param("mpi", marks=needs_mpi), "gloo"])
+def test_ranks_under_an_external_launcher_share_rank0s_run_dir(workdir, backend):
+    # mpiexec starts `python -m asyncsgd.cli` per rank; torchrun takes `-m module` itself
+    launch = ({"prefix": [MPIEXEC, "-n", "2"]} if backend == "mpi" else
+              {"module_prefix": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]})
+    result = run_cli(["launcher=external", f"backend={backend}", "train.max_steps=20", "world_size=2"],
+                     cwd=workdir, **launch)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_summary(_single_run_dir(workdir))
     assert summary["status"] == "complete" and summary["steps"] == 20
     assert summary["comm"]["world_size"] == 2
-    assert (summary["strategy"], summary["backend"], summary["world_size"]) == ("sync", "mpi", 2)
+    assert (summary["strategy"], summary["backend"], summary["world_size"]) == ("sync", backend, 2)
     assert summary["launcher"] == "external" and summary["config"]["train"]["max_steps"] == 20
-
-
-def test_under_torchrun_with_gloo(workdir):
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = run_cli(["launcher=external", "backend=gloo", "train.max_steps=20", "world_size=2"],
-                     cwd=workdir, module_prefix=prefix)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = read_summary(_single_run_dir(workdir))
-    assert summary["status"] == "complete" and summary["steps"] == 20
-    assert summary["comm"]["world_size"] == 2

@@ -54,7 +54,7 @@ CASES = [
     ("strategy=ddp strategy.bucket_mb=0", "strategy.bucket_mb=0.0 must be > 0"),
     # launcher
     ("launcher.grace_s=0", "launcher.grace_s=0.0 must be > 0"),
-    ("launcher=cluster", "launcher=cluster is not an option; choose one of external, local"),
+    ("launcher=cluster", "launcher=cluster is not an option; choose one of emulated, external, local"),
     # train
     ("train.max_steps=-1", "train.max_steps=-1 must be >= 0 or null"),
     ("train.momentum=-0.5", "train.momentum=-0.5 must be >= 0"),
