@@ -2,6 +2,8 @@
 
     asyncsgd-bench --backend gloo --world-size 2 --model cnn --batch 32
     scripts/bench-overlap --backend mpi --progress thread --repeats 3
+    scripts/bench-overlap --emulated 100mbit,1gbit,10gbit --batch 8,32,128   # a sweep
+
 
 Runs no-communication (T_compute), sync, layerwise (wait at forward and at step),
 delayed k=1,2 and ddp as ordinary ``asyncsgd-run`` jobs (so the benchmark
@@ -22,7 +24,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import pandas as pd
 
@@ -33,6 +35,7 @@ CASES = {
     "sync": ["strategy=sync", "train.measure_comm=true"],
     "layerwise(forward)": ["strategy=layerwise", "strategy.wait_at=forward"],
     "layerwise(step)": ["strategy=layerwise", "strategy.wait_at=step"],
+    "layerwise(priority)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true"],
     "delayed(k=1)": ["strategy=delayed", "strategy.k=1"],
     "delayed(k=2)": ["strategy=delayed", "strategy.k=2"],
     "ddp": ["strategy=ddp"],
@@ -48,14 +51,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--model", default="cnn")
     p.add_argument("--shape", default="3,32,32", help="synthetic input shape, comma-separated")
-    p.add_argument("--batch", type=int, default=32, help="per-worker batch size")
+    p.add_argument("--batch", default="32", help="per-worker batch size; several, comma-separated, make a sweep")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--steps", type=int, default=40, help="steps per run (the first 5 are warm-up)")
     p.add_argument("--repeats", type=int, default=1, help="runs per strategy; medians are reported")
     p.add_argument("--strategies", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
     p.add_argument("--emulated", default=None, metavar="BANDWIDTH",
                    help="run every case on an emulated cluster (launcher=emulated) with links of this rate, "
-                        "e.g. 1gbit; needs root and iproute2 (docs/emulated-cluster.md)")
+                        "e.g. 1gbit, or several comma-separated (a sweep); needs root and iproute2 "
+                        "(docs/emulated-cluster.md)")
     p.add_argument("--out", type=Path, default=None, help="directory for run dirs, bench.csv and bench.md")
     p.add_argument("overrides", nargs="*", help="extra asyncsgd-run overrides, e.g. strategy.bucket_mb=1")
     args = p.parse_args(argv)
@@ -70,21 +74,50 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     bad = [m for m in args.modes if m not in ("thread", "test", "library", None)]
     if bad:
         p.error(f"--progress: unknown {', '.join(bad)}; choose from thread, test, library")
-    if args.world_size < 1 or args.batch < 1 or args.steps < 6 or args.repeats < 1:
+    try:
+        args.batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        p.error(f"--batch {args.batch}: expected integers, e.g. 32 or 8,32,128")
+    args.links = args.emulated.split(",") if args.emulated else [None]
+    if args.emulated:
+        from .launch.netns import parse_rate
+        from .config import ConfigError
+
+        for link in args.links:
+            try:
+                parse_rate(link)
+            except ConfigError as exc:
+                p.error(f"--emulated: {exc}")
+    if args.world_size < 1 or min(args.batches) < 1 or args.steps < 6 or args.repeats < 1:
         p.error("--world-size, --batch and --repeats must be >= 1, --steps >= 6")
     return args
 
 
-def common_overrides(args: argparse.Namespace) -> List[str]:
+class Cell(NamedTuple):
+    """One setting the strategies are compared in: MPI progress mode, link rate, batch."""
+
+    mode: Optional[str]
+    link: Optional[str]
+    batch: int
+
+    def describe(self) -> str:
+        parts = [f"backend.progress={self.mode}"] if self.mode else []
+        parts += [f"links={self.link}"] if self.link else []
+        return ", ".join(parts + [f"batch={self.batch}/worker"])
+
+
+def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
     shape = "[" + args.shape + "]"
     out = [
         "dataset=synthetic", f"dataset.shape={shape}", f"model={args.model}", f"backend={args.backend}",
-        f"world_size={args.world_size}", f"train.batch_size={args.batch}", f"train.threads={args.threads}",
+        f"world_size={args.world_size}", f"train.batch_size={cell.batch}", f"train.threads={args.threads}",
         f"train.max_steps={args.steps}", "train.epochs=100000", "train.eval_every_epochs=0",
         "train.warmup_steps=5", "dataset.num_test=64", "progress_bar=false",
     ]
-    if args.emulated:
-        out += ["launcher=emulated", f"cluster.bandwidth={args.emulated}"]
+    if cell.mode:
+        out += [f"backend.progress={cell.mode}"]
+    if cell.link:
+        out += ["launcher=emulated", f"cluster.bandwidth={cell.link}"]
     return out + list(args.overrides)
 
 
@@ -131,13 +164,14 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     return table
 
 
-def render(tables: Dict[Optional[str], pd.DataFrame], args: argparse.Namespace) -> str:
+def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
     text = (f"model={args.model} input={args.shape} batch={args.batch}/worker world_size={args.world_size} "
             f"backend={args.backend} threads={args.threads} steps={args.steps} repeats={args.repeats}"
             f"{' links=' + args.emulated + ' (emulated)' if args.emulated else ' (loopback)'}\n")
-    for mode, table in tables.items():
+    several = len(tables) > 1
+    for cell, table in tables.items():
         a = table.attrs
-        text += (f"\n{'backend.progress=' + mode + ': ' if mode else ''}"
+        text += (f"\n{cell.describe() + ': ' if several or cell.mode else ''}"
                  f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = "
                  f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n\n")
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -153,23 +187,28 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(2 if exc.code else 0)
     out = args.out or Path("results") / "bench" / pd.Timestamp.now().strftime("%Y-%m-%d_%H-%M-%S")
     names = args.strategies.split(",")
-    samples = {mode: {n: [] for n in names} for mode in args.modes}
-    # interleaved repeats (and modes): machine noise hits every case alike
-    jobs = [(r, m, n) for r in range(args.repeats) for m in args.modes for n in names]
+    cells = [Cell(m, link, b) for m in args.modes for link in args.links for b in args.batches]
+    samples = {cell: {n: [] for n in names} for cell in cells}
+    # interleaved repeats (within each link setting): machine noise hits every case alike
+    jobs = [(r, c, n) for link in args.links for r in range(args.repeats) for c in cells if c.link == link
+            for n in names]
     bar = tqdm(jobs, desc="benchmark", unit="run", disable=None)
-    for repeat, mode, name in bar:
-        bar.set_postfix_str(f"{name} {mode or ''}")
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{name}-{mode or ''}").strip("-")  # Hydra's grammar dislikes ( ) =
-        extra = [f"backend.progress={mode}"] if mode else []
+    for repeat, cell, name in bar:
+        bar.set_postfix_str(f"{name} {cell.describe()}")
+        slug = f"{name}-{cell.mode or ''}"
+        if len(args.links) > 1 or len(args.batches) > 1:
+            slug = f"{cell.link or 'loopback'}-b{cell.batch}/{slug}"
+        slug = re.sub(r"[^A-Za-z0-9/]+", "-", slug).strip("-")  # Hydra's grammar dislikes ( ) =
         try:
-            samples[mode][name].append(run_case(out / f"{slug}-{repeat}", common_overrides(args) + extra + CASES[name]))
+            samples[cell][name].append(run_case(out / f"{slug}-{repeat}", common_overrides(args, cell) + CASES[name]))
         except RuntimeError as exc:
             print(f"asyncsgd-bench: {exc}", file=sys.stderr)
             sys.exit(1)
-    tables = {mode: summarize(samples[mode]) for mode in args.modes}
+    tables = {cell: summarize(samples[cell]) for cell in cells}
     text = render(tables, args)
     out.mkdir(parents=True, exist_ok=True)
-    pd.concat([t.assign(progress=m) for m, t in tables.items()]).to_csv(out / "bench.csv", index=False)
+    pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch) for c, t in tables.items()]).to_csv(
+        out / "bench.csv", index=False)
     atomic_write_text(out / "bench.md", text)
     print(text + f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}")
 

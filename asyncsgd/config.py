@@ -295,10 +295,17 @@ class LayerwiseConfig(StrategyConfig):
     # next iteration (the paper's method); step: wait for all right after backward.
     wait_at: str = "forward"
     bucket_mb: float = 0.0  # MiB; fuse consecutive layers up to this size (0 = one reduction per layer)
+    # Send the reductions in the order the next forward needs them (asyncsgd.strategies.schedule):
+    # chunks of chunk_mb MiB, at most `credit` of them handed to the backend at a time.
+    priority: bool = False
+    chunk_mb: float = 1.0
+    credit: int = 8
 
     def __post_init__(self) -> None:
         _one_of("strategy.wait_at", self.wait_at, WAIT_AT)
         _require(self.bucket_mb >= 0, f"strategy.bucket_mb={self.bucket_mb} must be >= 0")
+        _require(self.chunk_mb > 0, f"strategy.chunk_mb={self.chunk_mb} must be > 0 (MiB per chunk)")
+        _require(self.credit >= 1, f"strategy.credit={self.credit} must be an integer >= 1 (chunks in flight)")
 
 
 @dataclass

@@ -451,7 +451,9 @@ def _group_stats(runs: pd.DataFrame) -> dict:
 
 
 def _by_value(column: pd.Series) -> pd.Series:
-    """Sort key: numbers as numbers (batch 4 before 16), anything else as text."""
+    """Sort key: numbers as numbers (batch 4 before 16), link rates by rate, anything else as text."""
+    if column.name == LINK_KEY:
+        return column.map(link_rate_mbit)
     numbers = pd.to_numeric(column, errors="coerce")
     return numbers if numbers.notna().all() else column.astype(str)
 
@@ -862,6 +864,49 @@ def plot_breakdown(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+LINK_KEY = "cluster.bandwidth"
+
+
+def link_rate_mbit(value: object) -> float:
+    """An emulated link rate as written in the config (``1gbit``) in Mbit/s; NaN if not a rate."""
+    from .launch.netns import parse_rate
+
+    try:
+        return parse_rate(str(value)) / 1e6
+    except Exception:
+        return math.nan
+
+
+def varies_link_rate(table: pd.DataFrame) -> bool:
+    return LINK_KEY in table.columns and table[LINK_KEY].astype(str).nunique() > 1
+
+
+def plot_speedup_vs_bandwidth(table: pd.DataFrame, path: Path) -> None:
+    """Speedup over the baseline against the emulated link rate, per strategy, one panel per
+    other setting (batch size...): where each strategy wins as the network gets faster."""
+    others = table.drop(columns=[LINK_KEY])
+    facets = _facets(others) or [("", others)]
+    fig, axes = _figure(1, len(facets), f"Speedup over {table['baseline'].dropna().iloc[0] if table['baseline'].notna().any() else 'the baseline'} vs link rate (emulated)")
+    styles = _styles(table["strategy"])
+    for ax, (name, group) in zip(axes[0], facets):
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("link rate (Mbit/s, log scale)")
+        ax.set_ylabel("speedup over baseline (×)")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.axhline(1.0, color="black", lw=1, ls="--")
+        rows = table.loc[group.index].assign(_mbit=lambda f: f[LINK_KEY].map(link_rate_mbit))
+        for (label, _), line in rows.groupby(["strategy", "world_size"], sort=False):
+            line = line[line["speedup_vs_baseline"].notna() & line["_mbit"].notna()].sort_values("_mbit")
+            if len(line):
+                ax.plot(line["_mbit"], line["speedup_vs_baseline"], marker="o", label=label, **styles[label])
+        rates = sorted(rows["_mbit"].dropna().unique())
+        if rates:
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    _legend(fig, axes)
+    _save(fig, path)
+
+
 # ---------------------------------------------------------------- the command
 @dataclass
 class Report:
@@ -907,6 +952,9 @@ def make_report(dirs: Sequence[Path], out: Optional[Path] = None, baseline: str 
     plot_accuracy(runs, frame, paths["accuracy_vs_time"], x="wall_s")
     plot_speedup(table, paths["speedup_vs_workers"])
     plot_breakdown(table, paths["time_breakdown"])
+    if varies_link_rate(table):  # a sweep over emulated links (scripts/bench-overlap --emulated A,B,C)
+        paths["speedup_vs_bandwidth"] = out / "speedup_vs_bandwidth.png"
+        plot_speedup_vs_bandwidth(table, paths["speedup_vs_bandwidth"])
 
     stamp = _dt.date.today().isoformat()
     heading = title or f"asyncsgd report ({stamp})"

@@ -48,6 +48,7 @@ def make_run(
     train: Optional[dict] = None,
     write_summary: bool = True,
     write_metrics: bool = True,
+    extra_config: Optional[dict] = None,  # more top-level config groups, e.g. {"cluster": {...}}
 ) -> Path:
     """A run dir whose tables and plots can be predicted from these arguments."""
     path.mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,7 @@ def make_run(
         "world_size": world_size,
         "seed": seed,
         "progress_bar": None,
+        **(extra_config or {}),
     }
     (path / ".hydra").mkdir(exist_ok=True)
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -100,11 +100,11 @@ class Strategy(ABC):
         self.skipped = int(state["skipped"])
 
     # -- helpers shared by the strategies ---------------------------------------
-    def _reduce(self, tensor: torch.Tensor, label: str) -> Handle:
-        """Start averaging ``tensor`` over all workers; the timeline draws it."""
+    def _reduce(self, tensor: torch.Tensor, label: str, grad_step: Optional[int] = None) -> Handle:
+        """Start averaging ``tensor`` (the gradient of step ``grad_step``) over all workers; the timeline draws it."""
         started = time.perf_counter()
         handle = self.comm.allreduce_async(tensor)
-        self.timeline.reduction(label, handle, started, tensor.numel() * tensor.element_size())
+        self.timeline.reduction(label, handle, started, tensor.numel() * tensor.element_size(), grad_step)
         return handle
 
     def _wait(self, handle: Handle, label: str) -> None:

@@ -15,6 +15,10 @@ Where the wait and the update happen is ``strategy.wait_at``:
 
 Either way every layer is updated with the exact global-batch gradient before
 it is used again, so the result equals sequential SGD (design.md, semantics 2).
+
+Which reduction goes on the wire when is :mod:`.schedule`'s job: first ready,
+first sent by default; with ``strategy.priority=true`` chunked, credit-limited
+and most-urgent-for-the-next-forward first.
 Per-layer optimizers hold per-layer state; SGD's update is element-wise, so
 this is the same arithmetic as one optimizer over all parameters.
 """
@@ -27,8 +31,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ..comm import Handle
 from .base import Strategy
+from .schedule import Job, ReductionScheduler
 
 log = logging.getLogger("asyncsgd")
 
@@ -41,8 +45,7 @@ class _Bucket:
     buffer: torch.Tensor = None
     optimizer: Optional[torch.optim.Optimizer] = None
     ready: int = 0  # parameters whose gradient arrived in this backward
-    handle: Optional[Handle] = None
-    step: int = -1  # the step whose gradient is in flight
+    job: Optional[Job] = None  # its reduction in flight (or still queued)
     modules: List[nn.Module] = field(default_factory=list)
 
 
@@ -55,6 +58,10 @@ class LayerwiseStrategy(Strategy):
         self.buckets = self._make_buckets(model)
         self.bucket_of: Dict[nn.Parameter, _Bucket] = {p: b for b in self.buckets for p in b.params}
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(p)) for p in self.params]
+        self.scheduler = ReductionScheduler(
+            self._reduce, self._wait, priority=self.cfg.priority,
+            chunk_bytes=int(self.cfg.chunk_mb * 2**20), credit=self.cfg.credit,
+        )
         self.optimizer = make_optimizer(self.params)  # wait_at=step, and zero_grad/lr for both
         if self.cfg.wait_at == "forward":
             for bucket in self.buckets:
@@ -116,25 +123,32 @@ class LayerwiseStrategy(Strategy):
     def _make_pre_hook(self, bucket: _Bucket):
         def pre_hook(module, args) -> None:
             self.comm.progress()
-            if bucket.handle is not None:
+            if bucket.job is not None:
                 self._apply(bucket)
+            self.scheduler.pump()  # a decision point: start what the credit now allows
         return pre_hook
 
     def _launch(self, bucket: _Bucket) -> None:
         self._flatten_into(bucket.buffer, [self._grad(p) for p in bucket.params])
-        bucket.handle = self._reduce(bucket.buffer, f"allreduce {bucket.label}")
-        bucket.step = self._step
+        # urgency: the next forward meets the buckets in reverse of their (backward-order) index
+        bucket.job = self.scheduler.submit(bucket.buffer, bucket.label, len(self.buckets) - bucket.index, self._step)
         bucket.ready = 0
         self._launched.append(bucket)
 
-    def _apply(self, bucket: _Bucket) -> None:
-        """Wait for the bucket's reduction and apply its layer-local update."""
-        self._wait(bucket.handle, bucket.label)
-        bucket.handle = None
+    def _complete(self, bucket: _Bucket) -> List[torch.Tensor]:
+        """Wait for the bucket's reduction; its gradients then hold the global average."""
+        self.scheduler.complete(bucket.job)
+        bucket.job = None
         self._launched.remove(bucket)
         grads = [self._grad(p) for p in bucket.params]
         self._unflatten_from(bucket.buffer, grads)
-        self._update(bucket.optimizer, f"update {bucket.label}", grad_step=bucket.step)
+        return grads
+
+    def _apply(self, bucket: _Bucket) -> None:
+        """Wait for the bucket's reduction and apply its layer-local update."""
+        grad_step = bucket.job.step
+        grads = self._complete(bucket)
+        self._update(bucket.optimizer, f"update {bucket.label}", grad_step=grad_step)
         for g in grads:  # the next backward accumulates into clean gradients
             g.zero_()
 
@@ -148,20 +162,18 @@ class LayerwiseStrategy(Strategy):
     def synchronize(self) -> None:
         # A bucket still holding the previous step's gradient belongs to layers the
         # forward pass skipped (no pre-hook fired): apply it now, in launch order.
-        for bucket in [b for b in self._launched if b.step < self._step]:
+        for bucket in [b for b in self._launched if b.job.step < self._step]:
             self._apply(bucket)
         # A bucket whose parameters took no part in this loss never completed: reduce
         # its (zero) gradients now so every rank issues the same reductions.
         for bucket in self.buckets:
-            if bucket.handle is None and bucket not in self._launched:
+            if bucket.job is None:
                 bucket.ready = 0
                 self._launch(bucket)
         if self.cfg.wait_at == "step":
             for bucket in list(self._launched):
-                self._wait(bucket.handle, bucket.label)
-                bucket.handle = None
-                self._unflatten_from(bucket.buffer, [self._grad(p) for p in bucket.params])
-            self._launched.clear()
+                self._complete(bucket)
+        self.scheduler.pump()
         self._step += 1
 
     def step(self) -> None:

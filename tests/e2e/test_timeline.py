@@ -51,3 +51,27 @@ def test_layerwise_reductions_start_during_backward_and_sync_after_it(workdir):
         (reduction,) = reductions[step]
         assert reduction["args"]["bytes"] == 4 * (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10)
         assert reduction["ts"] >= max(e["ts"] + e["dur"] for e in backward[step])
+
+
+def _starts(events, grad_step):
+    """Reduction name -> start time, for the reductions of one step's gradient."""
+    return {e["name"]: e["ts"] for e in events
+            if e["ph"] == "X" and e["tid"] == 1 and e["args"].get("grad_step") == grad_step}
+
+
+def test_priority_sends_the_first_layer_before_the_rest_of_the_larger_ones(workdir):
+    # mlp layers in forward order: "1" (33 KB), "3" (66 KB), "5" (5 KB); 10 KiB chunks, 2 in flight
+    priority = _trace(workdir, "prio", ["strategy=layerwise", "strategy.priority=true",
+                                        "strategy.chunk_mb=0.01", "strategy.credit=2"])
+    fifo = _trace(workdir, "fifo", ["strategy=layerwise"])
+    for grad_step in (4, 5):
+        starts = _starts(priority, grad_step)
+        first = [t for name, t in starts.items() if name.startswith("allreduce 1 [")]
+        middle = [t for name, t in starts.items() if name.startswith("allreduce 3 [")]
+        assert len(first) == 4 and len(middle) == 7, sorted(starts)
+        # "3" is ready before "1" in backward and gets one chunk out first, but every chunk of "1"
+        # (needed first by the next forward) overtakes the other six
+        assert min(middle) < min(first) and max(first) < sorted(middle)[1]
+        plain = _starts(fifo, grad_step)
+        assert set(plain) == {"allreduce 5", "allreduce 3", "allreduce 1"}
+        assert plain["allreduce 5"] < plain["allreduce 3"] < plain["allreduce 1"]  # first ready, first sent

@@ -16,12 +16,18 @@ TOL = 1e-5
 P2 = ["world_size=2", "train.batch_size=16"]
 
 
+# priority scheduling with ~10 KiB chunks and 2 in flight: every layer is cut into several
+# chunks and the first layers' chunks overtake those of later layers (tests/unit/test_schedule.py)
+SCHEDULES = {"fifo": [], "priority": ["strategy.priority=true", "strategy.chunk_mb=0.01", "strategy.credit=2"]}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 @pytest.mark.parametrize("wait_at", ["forward", "step"])
-def test_layerwise_equals_sequential_sgd(workdir, backend, model, wait_at):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_layerwise_equals_sequential_sgd(workdir, backend, model, wait_at, schedule):
     final = train_and_load(workdir, "lw", [f"backend={backend}", f"model={model}", "strategy=layerwise",
-                                           f"strategy.wait_at={wait_at}", *P2])
+                                           f"strategy.wait_at={wait_at}", *SCHEDULES[schedule], *P2])
     assert max_relative_error(final, reference_sgd(model, batch=32, steps=60)) < TOL
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncsgd.bench import parse_args, render, summarize
+from asyncsgd.bench import Cell, common_overrides, parse_args, render, summarize
 
 
 def _runs(*iter_ms, wait_ms=0.0, alone_ms=None):
@@ -34,8 +34,8 @@ def test_compute_bound_limit_and_report_text():
     assert table.attrs["limit_ms"] == pytest.approx(100)  # max(T_compute, T_comm)
     eff = table.set_index("strategy").loc["ddp", "overlap_efficiency"]
     assert eff == pytest.approx(0.5)
-    text = render({"thread": table}, parse_args(["--backend", "mpi", "--progress", "thread"]))
-    assert "backend.progress=thread: T_compute (nocomm) = 100.0 ms" in text and "| ddp" not in text.split("|")[0]
+    text = render({Cell("thread", None, 32): table}, parse_args(["--backend", "mpi", "--progress", "thread"]))
+    assert "backend.progress=thread, batch=32/worker: T_compute (nocomm) = 100.0 ms" in text and "| ddp" not in text.split("|")[0]
 
 
 def test_ddp_is_dropped_on_mpi_and_modes_are_parsed():
@@ -46,8 +46,16 @@ def test_ddp_is_dropped_on_mpi_and_modes_are_parsed():
 
 
 def test_emulated_links_become_launcher_overrides():
-    from asyncsgd.bench import common_overrides
-
     args = parse_args(["--emulated", "1gbit", "--backend", "mpi"])
-    assert common_overrides(args)[-2:] == ["launcher=emulated", "cluster.bandwidth=1gbit"]
-    assert "launcher=emulated" not in common_overrides(parse_args([]))
+    assert common_overrides(args, Cell(None, "1gbit", 32))[-2:] == ["launcher=emulated", "cluster.bandwidth=1gbit"]
+    assert "launcher=emulated" not in common_overrides(parse_args([]), Cell(None, None, 32))
+
+
+def test_a_sweep_over_links_and_batches():
+    args = parse_args(["--emulated", "100mbit,1gbit", "--batch", "8,32"])
+    assert args.links == ["100mbit", "1gbit"] and args.batches == [8, 32]
+    overrides = common_overrides(args, Cell(None, "100mbit", 8))
+    assert "train.batch_size=8" in overrides and "cluster.bandwidth=100mbit" in overrides
+    for bad in (["--emulated", "1gbit,fast"], ["--batch", "8,x"], ["--batch", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

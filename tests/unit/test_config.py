@@ -50,6 +50,8 @@ def test_sweep_expands_to_every_combination_in_order():
     ("strategy=delayed strategy.k=-1", "strategy.k=-1 must be an integer >= 0"),
     ("strategy=delayed strategy.k=1.5", "strategy.k='1.5' is not a valid integer"),
     ("strategy=layerwise strategy.bucket_mb=-1", "strategy.bucket_mb=-1.0 must be >= 0"),
+    ("strategy=layerwise strategy.priority=true strategy.credit=0", "strategy.credit=0 must be an integer >= 1"),
+    ("strategy=layerwise strategy.chunk_mb=0", "strategy.chunk_mb=0.0 must be > 0"),
     ("strategy=layerwise strategy.wait_at=middle", "strategy.wait_at='middle' is not allowed; choose one of forward, step"),
     ("strategy=ddp backend=mpi", "strategy=ddp needs torch.distributed: use backend=gloo or backend=nccl"),
     ("strategy=layerwise train.grad_clip_norm=1.0", "train.grad_clip_norm needs the whole gradient"),

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from asyncsgd.report import (
-    PLOTS, ReportError, _aligned, find_runs, load_runs, make_report, missing_jobs, resolve_baseline, runs_frame,
+    PLOTS, ReportError, _aligned, find_runs, link_rate_mbit, load_runs, make_report, missing_jobs, resolve_baseline, runs_frame,
     speedup_frame, strategy_labels,
 )
 
@@ -330,3 +330,30 @@ def test_target_acc_must_be_a_fraction(tmp_path):
     make_run(tmp_path / "r")
     with pytest.raises(ReportError, match=r"--target-acc 95.0 must be a fraction in \(0, 1\]"):
         make_report([tmp_path], target_acc=95.0)
+
+
+def test_a_link_rate_sweep_is_ordered_by_rate_and_plotted(tmp_path):
+    from matplotlib.image import imread
+
+    # (sync, delayed) seconds per iteration: the slower the link, the more delayed wins
+    times = {"10gbit": (0.05, 0.045), "100mbit": (0.8, 0.5), "1gbit": (0.12, 0.08)}
+    for batch in (32, 8):
+        for rate, (t_sync, t_delayed) in times.items():
+            cluster = {"launcher": {"name": "emulated"}, "cluster": {"bandwidth": rate, "latency": None}}
+            make_run(tmp_path / f"sync-{rate}-{batch}", batch_size=batch, median_iter_s=t_sync, extra_config=cluster)
+            make_run(tmp_path / f"delayed-{rate}-{batch}", batch_size=batch, median_iter_s=t_delayed,
+                     strategy={"name": "delayed", "k": 1}, extra_config=cluster)
+    report = make_report([tmp_path], out=tmp_path / "out")
+    table = report.table
+    assert table["batch_size"].tolist() == [8] * 6 + [32] * 6
+    assert table["cluster.bandwidth"].tolist()[:6] == ["100mbit", "100mbit", "1gbit", "1gbit", "10gbit", "10gbit"]
+    delayed = table[table["strategy"] == "delayed(k=1)"]
+    assert delayed["speedup_vs_baseline"].tolist()[:3] == pytest.approx([0.8 / 0.5, 0.12 / 0.08, 0.05 / 0.045])
+    iteration = md_tables(report.markdown.read_text())[0]
+    assert iteration[0][:4] == ["model", "batch/worker", "cluster.bandwidth", "strategy"]
+    plot = report.out / "speedup_vs_bandwidth.png"
+    assert plot in report.plots and "](speedup_vs_bandwidth.png)" in report.markdown.read_text()
+    width, height = png_size(plot)
+    assert width > 1.3 * height and plot.stat().st_size > 10_000  # one panel per batch size, side by side
+    assert imread(plot)[..., :3].std() > 0.05
+    assert link_rate_mbit("1gbit") == 1000 and link_rate_mbit("200mbit") == 200 and math.isnan(link_rate_mbit("x"))

@@ -81,17 +81,24 @@ def assert_same(a: nn.Module, b: nn.Module):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
+# priority: 64-byte chunks (a 6x6 weight is 3 of them), one in flight at a time
+PRIORITY = {"priority": True, "chunk_mb": 64 / 2**20, "credit": 1}
+
+
+@pytest.mark.parametrize("priority", [{}, PRIORITY], ids=["fifo", "priority"])
 @pytest.mark.parametrize("wait_at", ["forward", "step"])
-def test_tied_weights_keep_the_math_and_are_reported(comm, wait_at):
-    model, strategy = run(LayerwiseConfig(wait_at=wait_at), comm, Tied)
+def test_tied_weights_keep_the_math_and_are_reported(comm, wait_at, priority):
+    model, strategy = run(LayerwiseConfig(wait_at=wait_at, **priority), comm, Tied)
     assert_same(model, plain(Tied))
     assert any("tied/shared parameter" in w for w in strategy.describe()["warnings"])
 
 
+@pytest.mark.parametrize("priority", [{}, PRIORITY], ids=["fifo", "priority"])
 @pytest.mark.parametrize("wait_at", ["forward", "step"])
-def test_layers_skipped_by_forward_are_still_reduced_and_updated(comm, wait_at):
-    model, _ = run(LayerwiseConfig(wait_at=wait_at), comm, WithUnused)
+def test_layers_skipped_by_forward_are_still_reduced_and_updated(comm, wait_at, priority):
+    model, strategy = run(LayerwiseConfig(wait_at=wait_at, **priority), comm, WithUnused)
     assert_same(model, plain(WithUnused))
+    assert strategy.scheduler.idle
 
 
 def test_batchnorm_is_reported():

@@ -1,0 +1,90 @@
+"""The reduction scheduler's decisions: order, chunking and credit, with no backend at all.
+
+Every rank must start the same reductions in the same order whatever the timing,
+so the scheduler's launch sequence is a pure function of the calls made on it.
+"""
+from __future__ import annotations
+
+import torch
+
+from asyncsgd.strategies.schedule import ReductionScheduler
+
+
+class Recorder:
+    """Stands in for the backend: records every start and every wait, in order."""
+
+    def __init__(self):
+        self.log = []
+
+    def start(self, tensor, label, step):
+        self.log.append(("start", label, tensor.numel()))
+        return label
+
+    def wait(self, handle, label):
+        self.log.append(("wait", label))
+
+    def starts(self):
+        return [entry[1] for entry in self.log if entry[0] == "start"]
+
+
+def buf(kib: float) -> torch.Tensor:
+    return torch.zeros(int(kib * 1024) // 4)
+
+
+def test_without_priority_each_bucket_is_one_reduction_started_at_once_in_ready_order():
+    rec = Recorder()
+    s = ReductionScheduler(rec.start, rec.wait, priority=False, chunk_bytes=1024, credit=1)
+    jobs = [s.submit(buf(8), name, urgency, 0) for name, urgency in [("fc2", 3), ("fc1", 2), ("conv", 1)]]
+    assert rec.starts() == ["allreduce fc2", "allreduce fc1", "allreduce conv"]  # credit ignored
+    s.complete(jobs[2])  # waiting for the last started retires everything before it
+    assert [e for e in rec.log if e[0] == "wait"] == [("wait", "fc2"), ("wait", "fc1"), ("wait", "conv")]
+    assert all(j.done for j in jobs) and s.idle
+
+
+def test_priority_chunks_and_lets_the_layer_needed_first_overtake():
+    rec = Recorder()
+    s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=4096, credit=2)
+    # backward order: the last layer first; urgency = position in the next forward
+    fc2 = s.submit(buf(4), "fc2", 3, 0)
+    fc1 = s.submit(buf(16), "fc1", 2, 0)  # 4 chunks of 4 KiB
+    assert [c.tensor.numel() for c in fc1.chunks] == [1024] * 4
+    assert rec.starts() == ["allreduce fc2", "allreduce fc1 [1/4]"]  # credit 2 spent
+    conv = s.submit(buf(4), "conv", 1, 0)
+    s.pump()  # end of backward: nothing returns credit without a wait
+    assert len(rec.starts()) == 2
+    # next forward needs conv first: the oldest in flight is waited for to free credit,
+    # and conv goes before the three fc1 chunks still pending
+    s.complete(conv)
+    assert rec.starts()[2] == "allreduce conv"
+    assert ("wait", "fc2") in rec.log and rec.log.index(("wait", "fc2")) < rec.log.index(("start", "allreduce conv", 1024))
+    assert conv.done and not fc1.done
+    s.complete(fc1)
+    assert rec.starts()[3:] == ["allreduce fc1 [2/4]", "allreduce fc1 [3/4]", "allreduce fc1 [4/4]"]
+    assert fc2.done and fc1.done and s.idle
+
+
+def test_credit_bounds_the_chunks_in_flight_and_drain_finishes_everything():
+    rec = Recorder()
+    s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=1024, credit=3)
+    jobs = [s.submit(buf(5), f"l{i}", 10 - i, 0) for i in range(3)]  # 5 chunks each
+    in_flight = max_in_flight = 0
+    s.drain()
+    for entry in rec.log:
+        in_flight += 1 if entry[0] == "start" else -1
+        max_in_flight = max(max_in_flight, in_flight)
+    assert max_in_flight == 3 and in_flight == 0
+    assert len(rec.starts()) == 15 and all(j.done for j in jobs) and s.idle
+    # most urgent (l2, submitted last) first once the first three chunks have been started
+    assert rec.starts()[3:8] == [f"allreduce l2 [{i}/5]" for i in range(1, 6)]
+
+
+def test_the_sequence_is_the_same_whatever_the_buffer_contents():
+    def sequence(fill):
+        rec = Recorder()
+        s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=2048, credit=2)
+        jobs = [s.submit(buf(6).fill_(fill), n, u, 0) for n, u in [("c", 3), ("b", 2), ("a", 1)]]
+        for job in reversed(jobs):
+            s.complete(job)
+        return rec.log
+
+    assert sequence(0.0) == sequence(float("nan"))
