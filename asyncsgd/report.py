@@ -50,7 +50,7 @@ CHOICE_GROUPS = ("dataset", "model", "backend", "strategy", "launcher")
 # are compared as one setting. seed is here on purpose: repeated seeds are pooled.
 NOT_SETTINGS = re.compile(
     r"^(seed|world_size|progress_bar|strategy\..*|fault\..*|checkpoint\..*|resume\..*|launcher\..*|backend\.(timeout_s|master_port|mpiexec|"
-    r"mpiexec_args)|dataset\.(root|download)|train\.log_every_steps)$"
+    r"mpiexec_args)|dataset\.(root|download)|train\.(log_every_steps|measure_comm))$"
 )
 
 # The setting columns every row carries (from the config); other varying keys are
@@ -882,8 +882,8 @@ def varies_link_rate(table: pd.DataFrame) -> bool:
 
 
 def plot_speedup_vs_bandwidth(table: pd.DataFrame, path: Path) -> None:
-    """Speedup over the baseline against the emulated link rate, per strategy, one panel per
-    other setting (batch size...): where each strategy wins as the network gets faster."""
+    """Speedup over the baseline against the emulated link rate, per strategy (nocomm left out),
+    one panel per other setting (batch size...): where each strategy wins as the network gets faster."""
     others = table.drop(columns=[LINK_KEY])
     facets = _facets(others) or [("", others)]
     fig, axes = _figure(1, len(facets), f"Speedup over {table['baseline'].dropna().iloc[0] if table['baseline'].notna().any() else 'the baseline'} vs link rate (emulated)")
@@ -896,6 +896,8 @@ def plot_speedup_vs_bandwidth(table: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.axhline(1.0, color="black", lw=1, ls="--")
         rows = table.loc[group.index].assign(_mbit=lambda f: f[LINK_KEY].map(link_rate_mbit))
+        # nocomm is no synchronization at all: its 10-50x at slow links would flatten every real line
+        rows = rows[rows["strategy"] != "nocomm"]
         for (label, _), line in rows.groupby(["strategy", "world_size"], sort=False):
             line = line[line["speedup_vs_baseline"].notna() & line["_mbit"].notna()].sort_values("_mbit")
             if len(line):
