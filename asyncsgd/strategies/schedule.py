@@ -8,7 +8,10 @@ ByteScheduler) splits each bucket's flat buffer into chunks of
 ``strategy.chunk_mb``, keeps at most ``strategy.credit`` chunks handed to the
 backend, and always hands over next the pending chunk of the layer the next
 forward needs first; the other chunks wait in this scheduler, where a more
-urgent one can still overtake them.
+urgent one can still overtake them. A chunk of a layer more urgent than every
+chunk in flight goes at once, credit or not: the credit exists to hold back
+less urgent data so that such a chunk finds little ahead of it, and holding
+the chunk itself back would only delay what the next forward needs first.
 
 The launch order must be the same on every rank (MPI and gloo match
 collectives by order), so no decision may depend on *when* a reduction happens
@@ -89,17 +92,17 @@ class ReductionScheduler:
 
     def pump(self) -> None:
         """Start pending chunks, most urgent first, while credit lasts (never blocks)."""
-        while self._pending and (not self.credit or len(self._inflight) < self.credit):
+        while self._pending and self._may_launch():
             self._launch()
 
     def complete(self, job: Job) -> None:
         """Block until ``job`` is reduced: start its pending chunks (waiting for the oldest in flight
         when credit is spent), then wait for its chunks and everything started before them."""
         while any(c.handle is None for c in job.chunks):
-            if self.credit and len(self._inflight) >= self.credit:
-                self._retire_oldest()
-            else:
+            if self._may_launch():
                 self._launch()
+            else:
+                self._retire_oldest()
         while not job.done:
             self._retire_oldest()
         self.pump()
@@ -107,7 +110,7 @@ class ReductionScheduler:
     def drain(self) -> None:
         """Start and complete everything."""
         while self._pending or self._inflight:
-            if self._pending and (not self.credit or len(self._inflight) < self.credit):
+            if self._pending and self._may_launch():
                 self._launch()
             else:
                 self._retire_oldest()
@@ -117,6 +120,14 @@ class ReductionScheduler:
         return not self._pending and not self._inflight
 
     # -- internals --------------------------------------------------------------------
+    def _may_launch(self) -> bool:
+        """May the most urgent pending chunk start now? Depends only on what was started and
+        waited for, never on timing, so every rank answers the same."""
+        if not self.credit or len(self._inflight) < self.credit:
+            return True
+        urgency = self._pending[0][2].job.urgency
+        return all(urgency < c.job.urgency for c in self._inflight)  # overtakes all in flight
+
     def _launch(self) -> None:
         _, _, chunk = heapq.heappop(self._pending)
         chunk.handle = self._start(chunk.tensor, f"allreduce {chunk.label}", chunk.job.step)

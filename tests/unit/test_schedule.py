@@ -49,33 +49,49 @@ def test_priority_chunks_and_lets_the_layer_needed_first_overtake():
     fc1 = s.submit(buf(16), "fc1", 2, 0)  # 4 chunks of 4 KiB
     assert [c.tensor.numel() for c in fc1.chunks] == [1024] * 4
     assert rec.starts() == ["allreduce fc2", "allreduce fc1 [1/4]"]  # credit 2 spent
-    conv = s.submit(buf(4), "conv", 1, 0)
-    s.pump()  # end of backward: nothing returns credit without a wait
+    s.pump()  # nothing returns credit without a wait
     assert len(rec.starts()) == 2
-    # next forward needs conv first: the oldest in flight is waited for to free credit,
-    # and conv goes before the three fc1 chunks still pending
-    s.complete(conv)
+    # conv, needed first by the next forward, is more urgent than everything in flight: it goes
+    # at once, ahead of fc1's three pending chunks
+    conv = s.submit(buf(4), "conv", 1, 0)
     assert rec.starts()[2] == "allreduce conv"
-    assert ("wait", "fc2") in rec.log and rec.log.index(("wait", "fc2")) < rec.log.index(("start", "allreduce conv", 1024))
+    s.complete(conv)  # retires everything started before it, then refills the credit
+    assert [e[1] for e in rec.log if e[0] == "wait"] == ["fc2", "fc1 [1/4]", "conv"]
     assert conv.done and not fc1.done
+    assert rec.starts()[3:] == ["allreduce fc1 [2/4]", "allreduce fc1 [3/4]"]
     s.complete(fc1)
-    assert rec.starts()[3:] == ["allreduce fc1 [2/4]", "allreduce fc1 [3/4]", "allreduce fc1 [4/4]"]
+    assert rec.starts()[5:] == ["allreduce fc1 [4/4]"]
     assert fc2.done and fc1.done and s.idle
+
+
+def test_a_needed_chunk_still_queued_waits_for_the_oldest_in_flight():
+    rec = Recorder()
+    s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=1024, credit=2)
+    a = s.submit(buf(3), "a", 2, 0)  # 3 chunks: 2 start, 1 queued
+    b = s.submit(buf(1), "b", 3, 0)  # less urgent: queued
+    assert rec.starts() == ["allreduce a [1/3]", "allreduce a [2/3]"]
+    s.complete(a)
+    assert rec.log[2:4] == [("wait", "a [1/3]"), ("start", "allreduce a [3/3]", 256)]
+    s.drain()
+    assert b.done and s.idle
 
 
 def test_credit_bounds_the_chunks_in_flight_and_drain_finishes_everything():
     rec = Recorder()
     s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=1024, credit=3)
-    jobs = [s.submit(buf(5), f"l{i}", 10 - i, 0) for i in range(3)]  # 5 chunks each
+    jobs = [s.submit(buf(5), f"l{i}", 10 - i, 0) for i in range(3)]  # 5 chunks each, each more urgent
     in_flight = max_in_flight = 0
     s.drain()
     for entry in rec.log:
         in_flight += 1 if entry[0] == "start" else -1
         max_in_flight = max(max_in_flight, in_flight)
-    assert max_in_flight == 3 and in_flight == 0
+    # the credit, plus the first chunk of each layer that overtook everything in flight
+    assert max_in_flight == 3 + 2 and in_flight == 0
     assert len(rec.starts()) == 15 and all(j.done for j in jobs) and s.idle
-    # most urgent (l2, submitted last) first once the first three chunks have been started
-    assert rec.starts()[3:8] == [f"allreduce l2 [{i}/5]" for i in range(1, 6)]
+    assert rec.starts()[:5] == ["allreduce l0 [1/5]", "allreduce l0 [2/5]", "allreduce l0 [3/5]",
+                                "allreduce l1 [1/5]", "allreduce l2 [1/5]"]
+    # then the most urgent layer's remaining chunks, then the next
+    assert rec.starts()[5:9] == [f"allreduce l2 [{i}/5]" for i in range(2, 6)]
 
 
 def test_the_sequence_is_the_same_whatever_the_buffer_contents():
