@@ -134,8 +134,11 @@ class ReductionScheduler:
         self._inflight.append(chunk)
 
     def _retire_oldest(self) -> None:
-        chunk = self._inflight.popleft()
+        chunk = self._inflight[0]
+        # Leave it in flight until the wait succeeds: when a peer dies the wait raises, and the
+        # clean-up that follows (flush, close) must meet the same error again, not a broken queue.
         self._wait(chunk.handle, chunk.label)
+        self._inflight.popleft()
         chunk.done = True
 
     def _split(self, buffer: torch.Tensor) -> List[torch.Tensor]:

@@ -104,3 +104,29 @@ def test_the_sequence_is_the_same_whatever_the_buffer_contents():
         return rec.log
 
     assert sequence(0.0) == sequence(float("nan"))
+
+
+def test_a_failed_wait_leaves_the_chunk_in_flight_so_clean_up_meets_the_same_error():
+    class PeerDied(RuntimeError):
+        pass
+
+    rec = Recorder()
+    failing = {"on": True}
+
+    def wait(handle, label):
+        if failing["on"]:
+            raise PeerDied(f"{label}: connection reset by peer")
+        rec.wait(handle, label)
+
+    s = ReductionScheduler(rec.start, wait, priority=True, chunk_bytes=1024, credit=2)
+    job = s.submit(buf(3), "a", 1, 0)
+    for _ in range(2):  # the failing step, then the flush in the clean-up: the same error both times
+        try:
+            s.complete(job)
+        except PeerDied as exc:
+            assert "a [1/3]" in str(exc)
+        else:
+            raise AssertionError("the wait's error was swallowed")
+    failing["on"] = False  # (a backend that recovered) everything is still accounted for
+    s.drain()
+    assert job.done and s.idle and len(rec.starts()) == 3
