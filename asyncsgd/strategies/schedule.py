@@ -70,7 +70,7 @@ class ReductionScheduler:
         self.priority = priority
         self.chunk_bytes = chunk_bytes if priority else 0  # 0 = one chunk per job
         self.credit = credit if priority else 0  # 0 = unlimited
-        self._pending: List[tuple] = []  # heap of (key, Chunk)
+        self._pending: List[tuple] = []  # heap of (key, chunk); keys are unique, so chunks are never compared
         self._inflight: Deque[Chunk] = deque()  # in start order, which is completion order on one channel
         self._arrival = itertools.count()
 
@@ -86,7 +86,7 @@ class ReductionScheduler:
         for chunk in job.chunks:
             # priority: the layer the next forward needs first, then chunk order; else first ready, first sent
             key = (urgency, arrival, chunk.index) if self.priority else (arrival, chunk.index)
-            heapq.heappush(self._pending, (key, id(chunk), chunk))
+            heapq.heappush(self._pending, (key, chunk))
         self.pump()
         return job
 
@@ -125,11 +125,11 @@ class ReductionScheduler:
         waited for, never on timing, so every rank answers the same."""
         if not self.credit or len(self._inflight) < self.credit:
             return True
-        urgency = self._pending[0][2].job.urgency
+        urgency = self._pending[0][1].job.urgency
         return all(urgency < c.job.urgency for c in self._inflight)  # overtakes all in flight
 
     def _launch(self) -> None:
-        _, _, chunk = heapq.heappop(self._pending)
+        _, chunk = heapq.heappop(self._pending)
         chunk.handle = self._start(chunk.tensor, f"allreduce {chunk.label}", chunk.job.step)
         self._inflight.append(chunk)
 
