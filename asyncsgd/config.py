@@ -15,9 +15,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message is one line naming the key to fix."""
+from .errors import ConfigError  # defined below everything that raises it; importable from here as before
+from .launch.link import LinkSpec
 
 
 def _require(ok: bool, message: str) -> None:
@@ -382,8 +381,6 @@ class ClusterConfig:
     mpi_netmod: str = "ofi"  # MPICH ch4 netmod over TCP: ofi (libfabric tcp provider) or ucx
 
     def __post_init__(self) -> None:
-        from .launch.netns import LinkSpec
-
         LinkSpec.from_config(self)  # raises ConfigError naming the cluster.* key
         _one_of("cluster.mpi_netmod", self.mpi_netmod, MPI_NETMODS)
 

@@ -178,7 +178,7 @@ def check_combination(cfg: Config) -> None:
             "updates layer by layer; use strategy.wait_at=step or drop train.grad_clip_norm"
         )
     if cfg.launcher.name == "emulated":
-        from .launch.netns import LinkSpec
+        from .launch.link import LinkSpec
 
         if cfg.backend.name not in ("gloo", "mpi"):
             raise ConfigError(f"launcher=emulated runs backend=gloo or backend=mpi, not backend={cfg.backend.name}")
