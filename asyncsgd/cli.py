@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, register_configs
 from .launch.environment import detect
+from .validate import CONFIG_MODULE, config_files
 
 log = logging.getLogger("asyncsgd")
 
@@ -169,13 +170,20 @@ def _hydra_args(argv: List[str]):
     return get_args_parser().parse_args(argv)
 
 
-_hydra_main = hydra.main(config_path="conf", config_name="config", version_base="1.3")(_task)
+# The configs by package, not by path: the same under ``python -m asyncsgd.cli``, an
+# editable install (asyncsgd.conf is the checkout's conf/) and a wheel.
+_hydra_main = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")(_task)
 
 
 def run(argv: List[str] | None = None) -> None:
     """``asyncsgd-run``: validate everything, then hand over to Hydra."""
     argv = _resume_shorthand(sys.argv[1:] if argv is None else argv)
     register_configs()
+    try:
+        config_files()  # before Hydra, whose own message would not say how to fix it
+    except ConfigError as exc:
+        print(f"asyncsgd-run: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     args = _hydra_args(argv)
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     if not informational:

@@ -1,6 +1,7 @@
 """Typed config schema: one base dataclass per Hydra group, one subclass per choice.
 
-The YAML files under ``asyncsgd/conf`` pick a schema through their defaults list
+The YAML files under the top-level ``conf/`` (installed as the package
+``asyncsgd.conf``) pick a schema through their defaults list
 (``- base_<choice>``), so Hydra rejects misspelled keys and wrong types while
 composing. ``OmegaConf.to_object`` then builds these dataclasses, and each
 ``__post_init__`` checks values and names the override to fix. Checks that need
