@@ -221,8 +221,8 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def report(argv: List[str] | None = None) -> None:
-    """``asyncsgd-report DIR [DIR ...]``: tables (markdown, CSV) and plots from run dirs."""
+def report_parser() -> argparse.ArgumentParser:
+    """asyncsgd-report's arguments (the docs test parses every command line it shows with this)."""
     parser = _OneLineParser(
         prog="asyncsgd-report",
         description="Speedup and convergence tables (report.md, speedup.csv, runs.csv) and plots (PNG) "
@@ -235,7 +235,12 @@ def report(argv: List[str] | None = None) -> None:
     parser.add_argument("--target-acc", type=float, metavar="A",
                         help="test accuracy (fraction, e.g. 0.95) for time to target; default: each dataset's target_acc")
     parser.add_argument("--title", help="heading of report.md, e.g. the machine and date of the runs")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def report(argv: List[str] | None = None) -> None:
+    """``asyncsgd-report DIR [DIR ...]``: tables (markdown, CSV) and plots from run dirs."""
+    args = report_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     from .report import ReportError, make_report
 
