@@ -80,7 +80,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--batch {args.batch}: expected integers, e.g. 32 or 8,32,128")
     args.links = args.emulated.split(",") if args.emulated else [None]
     if args.emulated:
-        from .launch.netns import parse_rate
+        from .launch.link import parse_rate
         from .config import ConfigError
 
         for link in args.links:
