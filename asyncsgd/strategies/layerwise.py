@@ -39,7 +39,7 @@ gradients'.
 from __future__ import annotations
 
 import logging
-import time
+import statistics
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
@@ -48,11 +48,12 @@ from torch import nn
 
 from .base import NonFiniteGradient, Strategy
 from .recording import Observation, Recorder
-from .schedule import Chunk, Job, ReductionScheduler, make_plan
+from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
 
 log = logging.getLogger("asyncsgd")
 
 FLAGS = 2  # carried by the first bucket of a step: [stop requests, ranks with a non-finite gradient]
+CALIBRATION_STEPS = 4  # steps 1..4 measure how far the link gets in backward; EDF chunk order from step 5
 
 
 @dataclass
@@ -72,6 +73,8 @@ class _Bucket:
     nbytes: int
     module: nn.Module  # whose forward pre-hook waits for it
     small: List[bool] = field(default_factory=list)  # per parameter: copied into ``flat`` (else reduced in place)
+    # the chunks, in order: None for ``flat``, else (parameter position, first, end element) of a gradient
+    layout: List[Optional[tuple]] = field(default_factory=list)
     flat: Optional[torch.Tensor] = None
     carries_flags: bool = False
     covered: bool = False  # launched no later than the flags' bucket: its local check is in the flags
@@ -152,13 +155,21 @@ class LayerwiseStrategy(Strategy):
             n = sum(p.numel() for p, small in zip(params, bucket.small) if small) + (FLAGS if bucket.carries_flags else 0)
             if n:
                 bucket.flat = torch.empty(n, dtype=params[0].dtype, device=params[0].device)
+                bucket.layout.append(None)
+            per = max(1, chunk_bytes // params[0].element_size()) if chunk_bytes else 0
+            for k, p in enumerate(params):
+                if not bucket.small[k]:
+                    bucket.layout += [(k, a, min(a + per, p.numel())) for a in range(0, p.numel(), per)]
             self.buckets.append(bucket)
         self.bucket_of = {p: b for b in self.buckets for p in b.params}
         self.use_order = [self.buckets[b] for b in use_order]
-        lanes = make_plan([b.nbytes for b in self.buckets], list(range(len(self.buckets))), use_order,
-                          self.cfg.priority, self.cfg.urgent_share)
-        self.scheduler = ReductionScheduler(self._start, self._wait, lanes)
-        self.chunk_elements = max(1, chunk_bytes // self.params[0].element_size()) if chunk_bytes else 0
+        self.lanes = make_plan([b.nbytes for b in self.buckets], list(range(len(self.buckets))), use_order,
+                               self.cfg.priority, self.cfg.urgent_share)
+        self.scheduler = ReductionScheduler(
+            self._start, self._wait, [chunk_items(lane, {b: len(self.buckets[b].layout) for b in lane})
+                                      for lane in self.lanes])
+        # lanes after the first are refined to earliest-deadline-first chunk order after a few steps
+        self._carried: Dict[int, List[float]] = {b: [] for lane in self.lanes[1:] for b in lane[1:]}
         if self.cfg.wait_at == "forward":
             waiting: Dict[nn.Module, List[_Bucket]] = {}
             for bucket in self.use_order:
@@ -166,8 +177,30 @@ class LayerwiseStrategy(Strategy):
             for module, buckets in waiting.items():
                 self._hooks.append(module.register_forward_pre_hook(self._make_pre_hook(buckets)))
         if self.comm.rank == 0:
-            log.info("layerwise: %d buckets on %d lane(s): %s", len(self.buckets), len(lanes),
-                     " | ".join(", ".join(self.buckets[b].label for b in lane) for lane in lanes))
+            log.info("layerwise: %d buckets on %d lane(s): %s", len(self.buckets), len(self.lanes),
+                     " | ".join(", ".join(self.buckets[b].label for b in lane) for lane in self.lanes))
+
+    def _chunk_sizes(self, bucket: _Bucket) -> List[int]:
+        size = bucket.params[0].element_size()
+        return [(bucket.flat.numel() if spec is None else spec[2] - spec[1]) * size for spec in bucket.layout]
+
+    def _calibrate(self) -> None:
+        """Rank 0's measurements of how far the link had got when each bucket was ready -> EDF chunk
+        order on the lanes after the first, the same on every rank (broadcast), from the next step on."""
+        carried = self.comm.broadcast_object(
+            {b: statistics.median(v) for b, v in self._carried.items() if v} if self.comm.rank == 0 else None, root=0)
+        self._carried = {}
+        if not carried:
+            return
+        deadline = {bucket.index: position for position, bucket in enumerate(self.use_order)}
+        ahead = getattr(self.comm, "max_inflight", 2) * self.cfg.chunk_mb * 2**20  # what the backend holds
+        lanes = [self.scheduler.lanes[0]] + [
+            edf_order(lane, {b: self._chunk_sizes(self.buckets[b]) for b in lane}, deadline, carried, ahead)
+            for lane in self.lanes[1:]]
+        self.scheduler.replan(lanes)
+        if self.comm.rank == 0:
+            log.info("layerwise: lane order by earliest deadline from step %d: %s", self._step + 1,
+                     " | ".join(", ".join(f"{self.buckets[b].label}[{c}]" for b, c in lane) for lane in lanes[1:]))
 
     def _layer_name(self, p: nn.Parameter) -> str:
         names = {id(m): n for n, m in self.model.named_modules()}
@@ -218,34 +251,44 @@ class LayerwiseStrategy(Strategy):
         bucket.covered = not self._flags_sent
         job = Job(bucket.index, bucket.label, self._step)
         bucket.pieces = []
-        if bucket.flat is not None:
-            small = [(p, g) for p, g, is_small in zip(bucket.params, grads, bucket.small) if is_small]
-            views, offset = [], 0
-            for p, g in small:
-                view = bucket.flat[offset: offset + g.numel()]
-                view.copy_(g.reshape(-1))
-                views.append(view.view_as(p))
-                offset += g.numel()
-            if bucket.carries_flags:
-                self.flags[0] = float(self.stop_requested)
-                self.flags[1] = float(self._bad_local > 0)
-                bucket.flat[offset:].copy_(self.flags)
-                self._flags_sent = True
-            job.chunks.append(Chunk(bucket.flat, bucket.label))
-            bucket.pieces.append(_Piece([p.detach() for p, _ in small], views, [p for p, _ in small]))
-        for p, g, is_small in zip(bucket.params, grads, bucket.small):
-            if is_small:
-                continue
-            flat_p, flat_g = p.detach().view(-1), g.view(-1)
-            n, per = flat_g.numel(), self.chunk_elements or flat_g.numel()
-            bounds = [(a, min(a + per, n)) for a in range(0, n, per)]
-            for c, (a, b) in enumerate(bounds):
-                name = bucket.label if len(bounds) == 1 else f"{bucket.label} [{c + 1}/{len(bounds)}]"
-                job.chunks.append(Chunk(flat_g[a:b], name))
-                bucket.pieces.append(_Piece([flat_p[a:b]], [flat_g[a:b]], [p]))
+        many = len(bucket.layout) > 1
+        for c, spec in enumerate(bucket.layout):
+            name = f"{bucket.label} [{c + 1}/{len(bucket.layout)}]" if many else bucket.label
+            if spec is None:
+                self._fill_flat(bucket, grads)
+                job.chunks.append(Chunk(bucket.flat, name))
+                small = [k for k, is_small in enumerate(bucket.small) if is_small]
+                views, offset = [], 0
+                for k in small:
+                    p = bucket.params[k]
+                    views.append(bucket.flat[offset: offset + p.numel()].view_as(p))
+                    offset += p.numel()
+                bucket.pieces.append(_Piece([bucket.params[k].detach() for k in small], views,
+                                            [bucket.params[k] for k in small]))
+            else:
+                k, a, b = spec
+                p, g = bucket.params[k], grads[k].view(-1)
+                job.chunks.append(Chunk(g[a:b], name))
+                bucket.pieces.append(_Piece([p.detach().view(-1)[a:b]], [g[a:b]], [p]))
+        if in_backward and 1 <= self._step <= CALIBRATION_STEPS and self.comm.rank == 0 and \
+                bucket.index in self._carried:
+            self._carried[bucket.index].append(self.scheduler.carried(self.scheduler.lane_of[bucket.index]))
         bucket.job = job
         bucket.ready = 0
         self.scheduler.submit(job)
+
+    def _fill_flat(self, bucket: _Bucket, grads: List[torch.Tensor]) -> None:
+        """The small gradients, then (first bucket of a step) this rank's flags, into the flat buffer."""
+        offset = 0
+        for g, is_small in zip(grads, bucket.small):
+            if is_small:
+                bucket.flat[offset: offset + g.numel()].copy_(g.reshape(-1))
+                offset += g.numel()
+        if bucket.carries_flags:
+            self.flags[0] = float(self.stop_requested)
+            self.flags[1] = float(self._bad_local > 0)
+            bucket.flat[offset:].copy_(self.flags)
+            self._flags_sent = True
 
     @staticmethod
     def _take_grad(p: nn.Parameter) -> torch.Tensor:
@@ -342,6 +385,8 @@ class LayerwiseStrategy(Strategy):
                 self._launch(bucket, in_backward=False)
         self._bad_local = 0
         self._flags_sent = False
+        if self._carried and self._step == CALIBRATION_STEPS:
+            self._calibrate()
         if self.cfg.wait_at == "step" or self._step == 0:
             if self.clip_norm is not None:
                 self._clip()

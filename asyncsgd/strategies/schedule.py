@@ -30,11 +30,22 @@ starts no new lane-1 reduction while lane 0 has work. Each bucket is cut into
 chunks of ``strategy.chunk_mb``, so the backend runs several at once (keeping
 the link busy across one chunk's start-up) and the strategy can update a layer
 chunk by chunk as its chunks arrive.
+
+Lane 1's order is then refined once, at chunk level, to earliest deadline
+first (:func:`edf_order`): a layer whose gradient is ready while chunks of a
+later layer are still to go should go before them, but what has been handed
+to the backend can no longer be overtaken. So after a few steps the strategy
+measures, on rank 0, how many bytes of the lane the link had carried when each
+bucket became ready; a simulation of EDF over those measurements gives the
+chunk order, which rank 0 broadcasts once. Chunks placed after a more urgent
+layer's are held back until that layer is ready, and the link is still never
+left without work it could have had.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -93,37 +104,94 @@ def make_plan(nbytes: Sequence[int], ready_order: Sequence[int], use_order: Sequ
     return [urgent, rest] if rest else [urgent]
 
 
-class ReductionScheduler:
-    """Starts submitted jobs in their lane's fixed order; waits for single chunks.
+Item = Tuple[int, int]  # (bucket, chunk index): the unit a lane's order is made of
 
-    ``start(tensor, label, grad_step, lane)`` starts a reduction and returns its handle;
-    ``wait(handle, label)`` blocks until it is done.
+
+def chunk_items(lane: Sequence[int], chunks: Dict[int, int]) -> List[Item]:
+    """Every chunk of the lane's buckets, bucket by bucket in the lane's order."""
+    return [(b, c) for b in lane for c in range(chunks[b])]
+
+
+def edf_order(lane: Sequence[int], sizes: Dict[int, List[int]], deadline: Dict[int, int],
+              carried: Dict[int, float], ahead: float) -> List[Item]:
+    """Chunk order for a lane whose buckets become ready in the order ``lane``, earliest deadline first.
+
+    ``sizes[b]``: bucket b's chunk sizes (bytes); ``deadline[b]``: when the next forward needs b
+    (smaller first); ``carried[b]``: bytes of the lane the link had carried when b became ready;
+    ``ahead``: bytes handed to the backend beyond that, which nothing can overtake any more.
+    The simulation places, before each bucket, the most urgent chunks already waiting up to
+    what the link will have carried or taken by then; the bucket's own chunks then compete with
+    the rest by deadline.
+    """
+    order: List[Item] = []
+    waiting: List[tuple] = []  # heap of (deadline, bucket position, chunk, bucket, size)
+    placed = 0.0
+    for position, b in enumerate(lane):
+        while waiting and placed < carried.get(b, 0.0) + ahead:
+            _, _, c, bucket, size = heapq.heappop(waiting)
+            order.append((bucket, c))
+            placed += size
+        for c, size in enumerate(sizes[b]):
+            heapq.heappush(waiting, (deadline[b], position, c, b, size))
+    while waiting:
+        _, _, c, bucket, _ = heapq.heappop(waiting)
+        order.append((bucket, c))
+    return order
+
+
+class ReductionScheduler:
+    """Starts the chunks of submitted jobs in their lane's fixed order; waits for single chunks.
+
+    ``lanes`` lists, per lane, (bucket, chunk) items in launch order (:func:`chunk_items`,
+    :func:`edf_order`). ``start(tensor, label, grad_step, lane)`` starts a reduction and
+    returns its handle; ``wait(handle, label)`` blocks until it is done.
     """
 
     def __init__(self, start: Callable[[torch.Tensor, str, int, int], Handle], wait: Callable[[Handle, str], None],
-                 lanes: List[List[int]]):
+                 lanes: List[List[Item]]):
         self._start, self._wait = start, wait
+        self._submitted: Dict[int, Job] = {}  # bucket -> this step's job, while any of its chunks is unstarted
+        self._started: List[List[Chunk]] = [[] for _ in lanes]  # per lane: chunks started in this lane's step
+        self._next: List[int] = []
+        self.replan(lanes)
+
+    def replan(self, lanes: List[List[Item]]) -> None:
+        """Use new launch orders from the next step on (call at a step boundary, every rank alike)."""
+        if not self.idle:
+            raise RuntimeError("the launch order can change only between steps")
         self.lanes = lanes
-        self.lane_of: Dict[int, int] = {b: i for i, lane in enumerate(lanes) for b in lane}
-        if sorted(self.lane_of) != list(range(len(self.lane_of))) or len(self.lane_of) != sum(map(len, lanes)):
-            raise ValueError(f"every bucket must be on exactly one lane: {lanes}")
-        self._next = [0] * len(lanes)  # per lane: position of the next bucket to start
-        self._submitted: Dict[int, Job] = {}  # bucket -> job submitted, not yet started
+        self.lane_of: Dict[int, int] = {b: i for i, lane in enumerate(lanes) for b, _ in lane}
+        items = [item for lane in lanes for item in lane]
+        if len(set(items)) != len(items):
+            raise ValueError(f"every chunk must be on exactly one lane, once: {lanes}")
+        self._next = [0] * len(lanes)  # per lane: position of the next item to start
 
     def submit(self, job: Job) -> None:
-        """``job``'s gradient is ready: start it, and whatever of its lane it held up, if their turn has come."""
+        """``job``'s gradient is ready: start what of its lane has its turn now."""
         if job.bucket in self._submitted:
             raise RuntimeError(f"bucket {job.label} submitted twice in one step")
         self._submitted[job.bucket] = job
         lane = self.lane_of[job.bucket]
         order = self.lanes[lane]
-        while self._next[lane] < len(order) and order[self._next[lane]] in self._submitted:
-            ready = self._submitted.pop(order[self._next[lane]])
-            for chunk in ready.chunks:
-                chunk.handle = self._start(chunk.tensor, f"allreduce {chunk.label}", ready.step, lane)
+        if self._next[lane] == 0:
+            self._started[lane] = []
+        while self._next[lane] < len(order) and order[self._next[lane]][0] in self._submitted:
+            bucket, c = order[self._next[lane]]
+            ready = self._submitted[bucket]
+            chunk = ready.chunks[c]
+            chunk.handle = self._start(chunk.tensor, f"allreduce {chunk.label}", ready.step, lane)
+            self._started[lane].append(chunk)
+            if ready.started:
+                del self._submitted[bucket]
             self._next[lane] += 1
         if self._next[lane] == len(order):  # the lane's step is complete; the next step starts over
             self._next[lane] = 0
+
+    def carried(self, lane: int) -> float:
+        """Bytes of this step's chunks on ``lane`` that have been reduced by now (asks the backend,
+        never waits): how far the link has got, for :func:`edf_order`."""
+        return float(sum(c.tensor.numel() * c.tensor.element_size() for c in self._started[lane]
+                         if c.done or c.handle.is_completed()))
 
     def wait(self, chunk: Chunk) -> None:
         """Block until ``chunk`` is reduced."""

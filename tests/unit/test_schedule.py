@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from asyncsgd.strategies.schedule import Chunk, Job, ReductionScheduler, make_plan
+from asyncsgd.strategies.schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
 
 
 class Recorder:
@@ -30,6 +30,11 @@ class Recorder:
 
     def lane(self, lane):
         return [entry[2] for entry in self.log if entry[0] == "start" and entry[1] == lane]
+
+
+def items(lanes, chunks=None):
+    """Bucket-level lanes as chunk items (one chunk per bucket unless ``chunks`` says otherwise)."""
+    return [chunk_items(lane, {b: (chunks or {}).get(b, 1) for b in lane}) for lane in lanes]
 
 
 def job(bucket: int, step: int = 0, chunks: int = 1) -> Job:
@@ -65,7 +70,7 @@ def test_bad_orders_are_refused():
 
 def test_a_job_starts_only_after_every_job_before_it_in_its_lane():
     rec = Recorder()
-    s = ReductionScheduler(rec.start, rec.wait, [[0, 1], [4, 3, 2]])
+    s = ReductionScheduler(rec.start, rec.wait, items([[0, 1], [4, 3, 2]], {3: 2}))
     s.submit(job(4))
     s.submit(job(3, chunks=2))
     s.submit(job(1))  # conv2 is ready before conv1, but conv1 goes first on its lane
@@ -83,7 +88,7 @@ def test_launch_order_per_lane_does_not_depend_on_the_order_of_submissions():
     expected = None
     for order in itertools.permutations(range(5)):
         rec = Recorder()
-        s = ReductionScheduler(rec.start, rec.wait, lanes)
+        s = ReductionScheduler(rec.start, rec.wait, items(lanes))
         for step in range(2):
             for b in order:
                 s.submit(job(b, step))
@@ -96,7 +101,7 @@ def test_launch_order_per_lane_does_not_depend_on_the_order_of_submissions():
 
 def test_waiting_for_a_chunk_that_was_never_started_is_an_error_not_a_hang():
     rec = Recorder()
-    s = ReductionScheduler(rec.start, rec.wait, [[0, 1]])
+    s = ReductionScheduler(rec.start, rec.wait, items([[0, 1]]))
     held = job(1)
     s.submit(held)  # bucket 0 not submitted yet: bucket 1 may not start
     with pytest.raises(RuntimeError, match="before it was started"):
@@ -108,7 +113,7 @@ def test_waiting_for_a_chunk_that_was_never_started_is_an_error_not_a_hang():
 
 
 def test_a_bucket_submitted_twice_in_one_step_is_refused():
-    s = ReductionScheduler(Recorder().start, Recorder().wait, [[0, 1]])
+    s = ReductionScheduler(Recorder().start, Recorder().wait, items([[0, 1]]))
     s.submit(job(1))
     with pytest.raises(RuntimeError, match="submitted twice"):
         s.submit(job(1))
@@ -121,7 +126,7 @@ def test_random_backward_orders_give_the_same_sequence_on_every_rank():
     sequences = []
     for _rank in range(2):
         rec = Recorder()
-        s = ReductionScheduler(rec.start, rec.wait, lanes)
+        s = ReductionScheduler(rec.start, rec.wait, items(lanes))
         for step in range(20):
             order = list(range(12))
             rng.shuffle(order)
@@ -131,3 +136,36 @@ def test_random_backward_orders_give_the_same_sequence_on_every_rank():
     assert sorted(sequences[0]) == sorted(sequences[1])
     for lane in range(len(lanes)):
         assert [e for e in sequences[0] if e[0] == lane] == [e for e in sequences[1] if e[0] == lane]
+
+
+def test_edf_puts_a_more_urgent_layer_before_what_the_link_has_not_reached():
+    # bulk lane of the CNN in 1 MB chunks: fc3 (1 chunk), fc2 (2), fc1 (8), ready in that order;
+    # deadlines: fc1 first, then fc2, then fc3. When fc2 was ready the link had carried fc3's 20 KB,
+    # when fc1 was ready 0.5 MB.
+    mb = 1_000_000
+    sizes = {4: [20_000], 3: [mb, 50_000], 2: [mb] * 8}
+    deadline = {2: 2, 3: 3, 4: 4}
+    carried = {3: 20_000, 2: 500_000}
+    fc1 = [(2, c) for c in range(8)]
+    # 0.4 MB in the backend beyond what the link carried: fc2's first chunk is out before fc1 is
+    # ready, its second is not, so fc1 (needed sooner) overtakes it
+    assert edf_order([4, 3, 2], sizes, deadline, carried, ahead=0.4 * mb) == [(4, 0), (3, 0), *fc1, (3, 1)]
+    # 2 MB in the backend: all of fc2 was handed over before fc1 was ready (first ready, first sent)
+    assert edf_order([4, 3, 2], sizes, deadline, carried, ahead=2 * mb) == [(4, 0), (3, 0), (3, 1), *fc1]
+    # nothing carried and nothing ahead: pure deadline order
+    assert edf_order([4, 3, 2], sizes, deadline, {}, ahead=0) == [*fc1, (3, 0), (3, 1), (4, 0)]
+
+
+def test_replan_takes_effect_between_steps_only():
+    rec = Recorder()
+    s = ReductionScheduler(rec.start, rec.wait, items([[2, 1, 0]], {2: 2}))
+    s.submit(job(2, chunks=2))
+    with pytest.raises(RuntimeError, match="between steps"):
+        s.replan([[(1, 0), (2, 0), (2, 1), (0, 0)]])
+    s.submit(job(1))
+    s.submit(job(0))
+    s.replan([[(1, 0), (2, 0), (0, 0), (2, 1)]])
+    rec.log.clear()
+    for b in (2, 1, 0):
+        s.submit(job(b, step=1, chunks=2 if b == 2 else 1))
+    assert rec.lane(0) == ["allreduce b1", "allreduce b2 [1/2]", "allreduce b0", "allreduce b2 [2/2]"]
