@@ -463,5 +463,7 @@ class LayerwiseStrategy(Strategy):
     def describe(self) -> dict:
         info = super().describe()
         info["buckets"] = len(self.buckets)
-        info["lanes"] = len(self.scheduler.lanes) if self.scheduler else 0
+        if self.scheduler is not None:  # which layers travel on which channel, in launch order
+            info["lanes"] = [[f"{self.buckets[b].label}[{c + 1}/{len(self.buckets[b].layout)}]" for b, c in lane]
+                             for lane in self.scheduler.lanes]
         return info
