@@ -968,3 +968,13 @@ def make_report(dirs: Sequence[Path], out: Optional[Path] = None, baseline: str 
     return Report(out=out, markdown=out / "report.md", runs_csv=out / "runs.csv", speedup_csv=out / "speedup.csv",
                   plots=list(paths.values()), main_table=iteration_table(table) if not table.empty else "(no complete runs)",
                   runs=frame, table=table)
+
+
+# ---------------------------------------------------------------- the house style, for other reports
+# asyncsgd.projection writes its validation and projection reports with the same tables and figures.
+markdown_table = _md_table
+format_number = _f
+new_figure = _figure
+save_figure = _save
+strategy_styles = _styles
+figure_legend = _legend
