@@ -223,6 +223,8 @@ def _lstsq_alpha_eff(samples, algorithm: str, gamma: float):
 
 def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes: int = 65536) -> Network:
     """A Network for ``backend`` from the sweep's measurements (see the module docstring)."""
+    import numpy as np
+
     mine = [r for r in runs if r["backend"] == backend]
     if not mine:
         raise ValueError(f"no calibration measurements for backend {backend}")
@@ -247,9 +249,8 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
     # CPU a reduction takes from the compute cores: its process CPU time alone (slope over size),
     # and the share of a core it gets while compute runs (busy: cpu needed / time it took)
     cpu_pts = [(int(n), _med(v["cpu"])) for r in mine for n, v in r["alone"].items()]
-    big = [(n, c) for n, c in cpu_pts if n >= 1 << 20]
-    per_byte = _med([c / n for n, c in big]) if big else 0.0
-    per_call = _med([c for n, c in cpu_pts if n <= 4096]) if cpu_pts else 0.0
+    slope, intercept = np.polyfit([n for n, _ in cpu_pts], [c for _, c in cpu_pts], 1) if len(cpu_pts) > 1 else (0, 0)
+    per_byte, per_call = max(0.0, float(slope)), max(0.0, float(intercept))
     shares = []
     for r in mine:
         busy = r.get("busy")

@@ -112,6 +112,22 @@ def _networks(spec: str, prog: str, backends: Sequence[str] = ()):
         _fail(prog, str(exc))
 
 
+def _calibrated(path: str, prog: str) -> dict:
+    """Every backend's network in a calibration file (asyncsgd-project calibrate)."""
+    from .network import Network, NetworkError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        nets = data["networks"]
+        return {b: Network.from_dict(n, f"{path} [{b}]") for b, n in nets.items()}
+    except OSError as exc:
+        _fail(prog, f"--network {path}: cannot read ({exc.strerror})")
+    except NetworkError as exc:
+        _fail(prog, str(exc))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        _fail(prog, f"--network {path}: not a calibration file (asyncsgd-project calibrate writes one)")
+
+
 def _strategies(text: str, prog: str):
     from .schedules import ScheduleError, StrategySpec
 
@@ -192,12 +208,13 @@ def _project(argv: List[str]) -> None:
 
 def _validate(argv: List[str]) -> None:
     from .profile import ProfileError, builtin_profiles, load_profile
-    from .validate import ValidationError, validate, write
+    from .validate import ValidationError, validate, validate_runs_csv, write
 
     parser = _Parser(prog="asyncsgd-project validate", description=(
         "Predict every complete run under the directories from its profile and the calibrated network, "
         "and compare with the measured median iteration time."))
-    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories (searched recursively), or a "
+                        "report's runs.csv whose run dirs are gone (e.g. results/reference/link-sweep/runs.csv)")
     parser.add_argument("--profiles", nargs="+", default=None,
                         help="profile files or directories of them (default: the shipped profiles)")
     parser.add_argument("--network", required=True, help="calibration JSON (asyncsgd-project calibrate)")
@@ -214,14 +231,17 @@ def _validate(argv: List[str]) -> None:
         _fail(parser.prog, str(exc))
     if not profiles:
         _fail(parser.prog, "no profiles given (--profiles FILE_OR_DIR ...)")
-    networks = {}
-    for backend in ("gloo", "mpi"):
-        try:
-            networks[backend] = _networks(args.network, parser.prog, [backend])[backend]
-        except SystemExit:
-            raise
+    networks = _calibrated(args.network, parser.prog)
     try:
-        result = validate(args.dirs, profiles, networks, with_ideal=not args.no_ideal)
+        csvs = [d for d in args.dirs if d.suffix == ".csv"]
+        if csvs and len(csvs) != len(args.dirs):
+            _fail(parser.prog, "give either run directories or one runs.csv, not both")
+        if len(csvs) > 1:
+            _fail(parser.prog, "one runs.csv at a time")
+        if csvs:
+            result = validate_runs_csv(csvs[0], profiles, networks, with_ideal=not args.no_ideal)
+        else:
+            result = validate(args.dirs, profiles, networks, with_ideal=not args.no_ideal)
     except ValidationError as exc:
         _fail(parser.prog, str(exc))
     s = result.summary()

@@ -96,54 +96,45 @@ class Validation:
 SETTING = ["backend", "model", "batch_size", "link", "world_size"]
 
 
-def validate(dirs: Sequence[Path], profiles: Sequence[Profile], networks: Dict[str, object],
-             with_ideal: bool = True) -> Validation:
-    """Predict every complete run under ``dirs`` (see the module docstring)."""
+def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks: Dict[str, object],
+                with_ideal: bool = True) -> dict:
+    """One row: the run's measured numbers (``meta``: a runs.csv row) beside its prediction."""
+    flat = _flat(config)
+    backend = meta["backend"]
+    rate = link_rate_bps(config)
+    row = {"run": str(meta["run"]), "backend": backend, "model": meta["model"], "batch_size": meta["batch_size"],
+           "link": flat.get("cluster.bandwidth") if rate else "loopback", "world_size": meta["world_size"],
+           "strategy": meta["strategy"], "measured_ms": float(meta["median_iter_s"]) * 1e3,
+           "measured_comm_wait_ms": float(meta.get("t_comm_wait_s", math.nan)) * 1e3, "problem": None}
+    profile = match_profile(profiles, config)
+    if profile is None:
+        row["problem"] = (f"no profile for model={meta['model']} batch={meta['batch_size']} "
+                          f"shape={flat.get('dataset.shape')}")
+        return row
+    if backend not in networks:
+        row["problem"] = f"no calibrated network for backend={backend}"
+        return row
     try:
-        runs, _ = house.load_runs([Path(d) for d in dirs])
-    except house.ReportError as exc:
-        raise ValidationError(str(exc)) from None
-    frame = house.runs_frame(runs)
-    rows = []
-    for run, (_, meta) in zip(runs, frame.iterrows()):
-        if meta["status"] != "complete":
-            continue
-        cfg = run.config
-        flat = _flat(cfg)
-        backend = meta["backend"]
-        rate = link_rate_bps(cfg)
-        row = {"run": str(run.path), "backend": backend, "model": meta["model"], "batch_size": meta["batch_size"],
-               "link": flat.get("cluster.bandwidth") if rate else "loopback", "world_size": meta["world_size"],
-               "strategy": meta["strategy"], "measured_ms": meta["median_iter_s"] * 1e3,
-               "measured_comm_wait_ms": meta.get("t_comm_wait_s", math.nan) * 1e3}
-        problem = None
-        profile = match_profile(profiles, cfg)
-        if profile is None:
-            problem = f"no profile for model={meta['model']} batch={meta['batch_size']} shape={flat.get('dataset.shape')}"
-        elif backend not in networks:
-            problem = f"no calibrated network for backend={backend}"
-        if problem is None:
-            try:
-                spec = StrategySpec.from_config(cfg["strategy"])
-                rules = ruleset_for(cfg)
-                net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
-                steps = int(flat.get("train.max_steps") or meta["steps"] or 20)
-                warmup = int(flat.get("train.warmup_steps") or 0)
-                world = int(meta["world_size"])
-                threads = int(flat.get("train.threads") or 1)
-                cpu = 1.0 / profile.slowdown_at(world, threads)
-                pred = predict(profile, net, world, spec, rules, cpu=cpu, steps=steps, warmup=min(warmup, steps - 1))
-                row.update(profile=profile.name, rules=rules, predicted_ms=pred.iter_s * 1e3,
-                           predicted_period_ms=pred.period_s * 1e3, predicted_comm_wait_ms=pred.comm_wait_s * 1e3)
-                if with_ideal:
-                    ideal = predict(profile, net, world, spec, IDEAL, cpu=cpu)
-                    row["ideal_ms"] = ideal.period_s * 1e3
-            except (ScheduleError, ProfileError) as exc:
-                problem = str(exc)
-        row["problem"] = problem
-        rows.append(row)
+        spec = StrategySpec.from_config(config["strategy"])
+        rules = ruleset_for(config)
+        net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
+        steps = int(flat.get("train.max_steps") or meta.get("steps") or 20)
+        warmup = min(int(flat.get("train.warmup_steps") or 0), steps - 1)
+        world = int(meta["world_size"])
+        cpu = 1.0 / profile.slowdown_at(world, int(flat.get("train.threads") or 1))
+        pred = predict(profile, net, world, spec, rules, cpu=cpu, steps=steps, warmup=warmup)
+        row.update(profile=profile.name, rules=rules, predicted_ms=pred.iter_s * 1e3,
+                   predicted_period_ms=pred.period_s * 1e3, predicted_comm_wait_ms=pred.comm_wait_s * 1e3)
+        if with_ideal:
+            row["ideal_ms"] = predict(profile, net, world, spec, IDEAL, cpu=cpu).period_s * 1e3
+    except (ScheduleError, ProfileError) as exc:
+        row["problem"] = str(exc)
+    return row
+
+
+def _finish(rows: List[dict], where: str) -> Validation:
     if not rows:
-        raise ValidationError(f"no complete runs under {', '.join(map(str, dirs))}")
+        raise ValidationError(f"no complete runs in {where}")
     out = pd.DataFrame(rows)
     for col in ("predicted_ms", "predicted_period_ms", "predicted_comm_wait_ms", "ideal_ms"):
         if col not in out:
@@ -152,6 +143,63 @@ def validate(dirs: Sequence[Path], profiles: Sequence[Profile], networks: Dict[s
         raise ValidationError("no run could be predicted: " + "; ".join(sorted(set(out["problem"].dropna()))))
     out["error"] = out["predicted_ms"] / out["measured_ms"] - 1.0
     return Validation(out, ranking(out))
+
+
+def validate(dirs: Sequence[Path], profiles: Sequence[Profile], networks: Dict[str, object],
+             with_ideal: bool = True) -> Validation:
+    """Predict every complete run under ``dirs`` (see the module docstring)."""
+    try:
+        runs, _ = house.load_runs([Path(d) for d in dirs])
+    except house.ReportError as exc:
+        raise ValidationError(str(exc)) from None
+    frame = house.runs_frame(runs)
+    rows = [predict_run(run.config, meta.to_dict(), profiles, networks, with_ideal)
+            for run, (_, meta) in zip(runs, frame.iterrows()) if meta["status"] == "complete"]
+    return _finish(rows, ", ".join(map(str, dirs)))
+
+
+def _strategy_config(label: str) -> dict:
+    """``layerwise(wait_at=forward, priority=true)`` -> {"name": "layerwise", "wait_at": "forward", "priority": True}."""
+    name, _, rest = label.partition("(")
+    config: dict = {"name": name}
+    for item in filter(None, (x.strip() for x in rest.rstrip(")").split(","))):
+        key, _, value = item.partition("=")
+        config[key] = {"true": True, "false": False}.get(value, value)
+        for cast in (int, float):
+            try:
+                config[key] = cast(value)
+                break
+            except ValueError:
+                pass
+    return config
+
+
+def validate_runs_csv(path: Path, profiles: Sequence[Profile], networks: Dict[str, object], warmup: int = 5,
+                      with_ideal: bool = True) -> Validation:
+    """Predict the runs of a report's runs.csv whose run dirs are gone (a committed reference report).
+
+    runs.csv keeps each run's setting, strategy label, steps and median; what it lacks is taken
+    from the benchmark that made them (``asyncsgd-bench``): synthetic data, ``train.warmup_steps``
+    = ``warmup``, one torch thread, the emulated launcher where ``cluster.bandwidth`` is set.
+    """
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{path}: cannot read a runs.csv ({exc})") from None
+    need = {"run", "status", "backend", "model", "batch_size", "strategy", "world_size", "median_iter_s", "steps"}
+    if need - set(frame.columns):
+        raise ValidationError(f"{path}: not a report's runs.csv (missing {', '.join(sorted(need - set(frame.columns)))})")
+    rows = []
+    for _, meta in frame[frame["status"] == "complete"].iterrows():
+        bandwidth = meta.get("cluster.bandwidth")
+        config = {"strategy": _strategy_config(str(meta["strategy"])), "backend": {"name": meta["backend"]},
+                  "model": {"name": meta["model"]}, "dataset": {"name": meta.get("dataset", "synthetic")},
+                  "train": {"batch_size": int(meta["batch_size"]), "max_steps": int(meta["steps"]),
+                            "warmup_steps": warmup, "threads": 1},
+                  "launcher": {"name": "emulated" if isinstance(bandwidth, str) else "local"},
+                  "cluster": {"bandwidth": bandwidth}}
+        rows.append(predict_run(config, meta.to_dict(), profiles, networks, with_ideal))
+    return _finish(rows, str(path))
 
 
 def ranking(frame: pd.DataFrame) -> pd.DataFrame:
