@@ -12,8 +12,9 @@ project's Communicator and measure, rank 0 reporting:
 - ``pipeline``: a stream of allreduces with two always in flight, the pattern
   of delayed-k (how well several at once share the link);
 - ``busy``: an allreduce of the largest size while the training thread
-  computes (matrix products of ~1 ms): how much compute slows down and how much
-  the reduction does — the CPU a reduction takes from compute;
+  computes (a small convolution and its backward, ~1-2 ms each): how much
+  compute slows down and how much the reduction does — the CPU a reduction
+  takes from compute;
 - ``local``: the CPU's own reduction arithmetic (``a += b``) and division
   by P per byte: gamma and the averaging cost.
 
@@ -23,8 +24,14 @@ by least squares over every size and rate, for each candidate algorithm, the
 algorithm that fits best at small and at large sizes (by the world sizes
 measured: at P = 2 they cannot be told apart, at 3 and 4 they differ),
 ``channels`` from the pairs and ``concurrent_efficiency[2]`` from the
-pipeline, ``cpu_s_per_byte`` from the process CPU time of a reduction alone,
-and ``cpu_share`` from how long the busy reduction took for that CPU. The raw
+pipeline, ``cpu_s_per_call`` and ``cpu_poll`` from the process CPU time of
+reductions alone (per call, and per second the reduction runs: a slower link
+polls longer for the same bytes), ``cpu_share`` from how much compute lost
+during the busy reduction, and ``cpu_s_per_byte`` from the busy reduction at
+the fastest link (where it is CPU-bound: the share it got times the time it
+took), or from the CPU time alone if that is more, and ``cpu_poll_gate`` from
+how much the busy reduction still slowed down at the slower links, where its
+work fitted in its share. The raw
 measurements go into the file beside the fit, so a fit can be checked or
 redone.
 """
@@ -120,17 +127,19 @@ def _worker(args) -> None:
     previous.wait()
     out["pipeline"] = {"nbytes": n, "count": count, "seconds": time.perf_counter() - t0}
 
-    # compute rate alone, then while an allreduce of the largest size runs
-    a, b = torch.randn(96, 96), torch.randn(96, 96)
+    # compute rate alone, then while an allreduce of the largest size runs; the work is a small
+    # convolution with its backward, what the training thread does (a GEMM alone shares a core differently)
+    conv = torch.nn.Conv2d(16, 32, 3, padding=1)
+    x = torch.randn(4, 16, 32, 32)
 
     def work(k: int) -> None:
         for _ in range(k):
-            torch.mm(a, b)
+            conv(x).sum().backward()
 
-    work(50)
+    work(20)
     t0 = time.perf_counter()
-    work(400)
-    per_mm = (time.perf_counter() - t0) / 400
+    work(100)
+    per_mm = (time.perf_counter() - t0) / 100
     n = sizes[-1]
     busy = []
     for _ in range(args.repeats):
@@ -139,8 +148,8 @@ def _worker(args) -> None:
         h = comm.allreduce_async(tensors[n])
         done = 0
         while not h.is_completed():
-            work(4)
-            done += 4
+            work(1)
+            done += 1
         end = getattr(h, "completed_at", None) or time.perf_counter()
         h.wait()
         busy.append({"wall": end - t0, "mm": done, "elapsed": time.perf_counter() - t0})
@@ -248,16 +257,46 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
 
     # CPU a reduction takes from the compute cores: its process CPU time alone (slope over size),
     # and the share of a core it gets while compute runs (busy: cpu needed / time it took)
-    cpu_pts = [(int(n), _med(v["cpu"])) for r in mine for n, v in r["alone"].items()]
-    slope, intercept = np.polyfit([n for n, _ in cpu_pts], [c for _, c in cpu_pts], 1) if len(cpu_pts) > 1 else (0, 0)
-    per_byte, per_call = max(0.0, float(slope)), max(0.0, float(intercept))
-    shares = []
+    # CPU of a reduction alone = per call + per byte + polling for as long as it runs: a linear fit
+    # over sizes and rates (a slower link polls longer for the same bytes). MPICH's progress engine
+    # spins through a blocking allreduce, so its CPU time is its wall time: polling ~1 core.
+    pts = [(int(n), _med(v["wall"]), _med(v["cpu"])) for r in mine for n, v in r["alone"].items()]
+    rates_seen = len({r["rate_bps"] for r in mine}) > 1
+    X = np.array([[1.0, n, t] if rates_seen else [1.0, n, 0.0] for n, t, _ in pts])
+    coef, *_ = np.linalg.lstsq(X, np.array([c for *_, c in pts]), rcond=None)
+    per_call, per_byte, poll = (max(0.0, float(c)) for c in coef)
+    poll = min(poll, 1.0)
+    # While compute runs: the core fraction compute loses (the reduction thread's share), and at
+    # the fastest link, where a reduction is CPU-bound, the CPU it really needs per byte = the
+    # share it got times the time it then took
+    shares, work = [], []
+    fastest = max(r["rate_bps"] for r in mine)
     for r in mine:
         busy = r.get("busy")
-        if busy and busy["runs"]:
-            need = per_call + per_byte * busy["nbytes"]
-            shares.append(min(1.0, need / _med([run["wall"] for run in busy["runs"]])))
+        if not busy or not busy["runs"]:
+            continue
+        for run in busy["runs"]:
+            computed = run["mm"] * busy["mm_alone_s"] / run["elapsed"]
+            share_run = min(1.0, max(0.02, 1.0 - computed))
+            shares.append(share_run)
+            if r["rate_bps"] == fastest:
+                work.append(share_run * run["wall"] / busy["nbytes"])
     share = _med(shares) if shares else 1.0
+    if work:
+        per_byte = max(per_byte, _med(work))
+    # how much of the polling progress needs: at the slower links, where the reduction's work fits
+    # in its share, it still slowed down while compute ran (share / (work + gate x polling) = 1 / slowdown)
+    gates = []
+    for r in mine:
+        busy = r.get("busy")
+        n = busy["nbytes"] if busy else None
+        if not busy or r["rate_bps"] == fastest or str(n) not in r["alone"] or poll <= 0:
+            continue
+        alone = _med(r["alone"][str(n)]["wall"])
+        slowdown = _med([run["wall"] for run in busy["runs"]]) / alone
+        if slowdown > 1.02:
+            gates.append((share * slowdown - per_byte * n / alone) / poll)
+    gate = min(1.0, max(0.0, _med(gates))) if gates else 0.0
 
     # several reductions at once (gloo's worker threads): pairs started together overlap when
     # the first ends well after one allreduce alone; two kept in flight give the link's efficiency
@@ -276,7 +315,8 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
     return Network(
         name=name or f"{backend}-emulated", alpha=base.alpha, rate_bps=min(s[3] for s in samples),
         link_efficiency=base.link_efficiency, gamma=gamma, ranges=ranges, channels=channels,
-        concurrent_efficiency=concurrent, cpu_s_per_byte=per_byte, cpu_s_per_call=per_call, cpu_share=share,
+        concurrent_efficiency=concurrent, cpu_s_per_byte=per_byte, cpu_s_per_call=per_call, cpu_poll=poll,
+        cpu_poll_gate=gate, cpu_share=share,
         scale_on_worker=backend != "mpi",
         source=(f"fitted by asyncsgd-project calibrate from allreduces between emulated workers ({backend}; links "
                 f"{', '.join(rates)}; world sizes {sorted({r['world_size'] for r in mine})}) on "

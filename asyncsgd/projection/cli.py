@@ -58,7 +58,12 @@ def profile(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--concurrent", default="", help="also measure with N copies at once, e.g. 2,3,4 "
                                                         "(the compute slowdown of N workers on this machine's cores)")
-    parser.add_argument("--from-run", type=Path, metavar="RUN_DIR", help="extract from RUN_DIR/timeline.json instead")
+    parser.add_argument("--from-run", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="extract from RUN_DIR/timeline.json instead (several runs of one model and batch: "
+                             "medians over them)")
+    parser.add_argument("--fill-from", type=Path, metavar="PROFILE",
+                        help="with --from-run: take what a trace does not show (packing, scaling, zero_grad, "
+                             "per-layer updates, slowdown) from this measured profile")
     parser.add_argument("--rank", type=int, default=0, help="with --from-run: whose trace (timeline_all_ranks=true)")
     parser.add_argument("--name", default="", help="the profile's name (default: the file name)")
     args = parser.parse_args(argv)
@@ -67,12 +72,18 @@ def profile(argv: Optional[Sequence[str]] = None) -> None:
     from .profile import ProfileError
 
     try:
+        if args.fill_from is not None and args.from_run is None:
+            _fail(parser.prog, "--fill-from goes with --from-run")
         if args.from_run is not None:
             if args.overrides:
                 _fail(parser.prog, "--from-run takes no config overrides (the run's own config is used)")
-            from .measure import profile_from_run
+            from .measure import fill_from, merge_runs, profile_from_run
+            from .profile import load_profile
 
-            prof = profile_from_run(args.from_run, args.rank)
+            runs = [profile_from_run(run, args.rank) for run in args.from_run]
+            prof = runs[0] if len(runs) == 1 else merge_runs(runs)
+            if args.fill_from is not None:
+                prof = fill_from(prof, load_profile(args.fill_from))
         else:
             from ..config import ConfigError
             from ..validate import check_combination, compose_jobs
@@ -224,7 +235,8 @@ def _validate(argv: List[str]) -> None:
     paths = []
     for spec in args.profiles or [str(p) for p in builtin_profiles().values()]:
         p = Path(spec)
-        paths += sorted(p.glob("*.json")) if p.is_dir() else [p]
+        # in a directory, the JSON files that are profiles (a calibration file may sit beside them)
+        paths += [f for f in sorted(p.glob("*.json")) if '"layers"' in f.read_text()] if p.is_dir() else [p]
     try:
         profiles = [load_profile(p) for p in paths]
     except ProfileError as exc:
@@ -301,7 +313,8 @@ def _calibrate(argv: List[str]) -> None:
         algos = ", ".join(f"{r.algorithm} up to {int(r.up_to_bytes)} B" if r.up_to_bytes else f"{r.algorithm} above"
                           for r in n.ranges)
         print(f"{b}: alpha {n.alpha * 1e6:.0f} us, link efficiency {n.link_efficiency:.3f}, gamma {n.gamma * 1e9:.3f} "
-              f"ns/B, CPU {n.cpu_s_per_byte * 1e9:.3f} ns/B (+{n.cpu_s_per_call * 1e6:.0f} us), share while computing "
+              f"ns/B, CPU {n.cpu_s_per_byte * 1e9:.3f} ns/B (+{n.cpu_s_per_call * 1e6:.0f} us, polling {n.cpu_poll:.2f} "
+              f"core), share while computing "
               f"{n.cpu_share:.2f}, channels {n.channels}, concurrent {n.concurrent_efficiency or '-'}; {algos}")
     print(f"calibration: {args.out}")
 

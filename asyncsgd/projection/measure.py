@@ -103,16 +103,23 @@ def _time_iterations(cfg, repeats: int, warmup: int, threads: int, detail: bool 
     samples["update"] = [[] for _ in layers]
     batches = iter(loader)
     epoch = 0
-    for it in range(warmup + repeats):
-        keep = it >= warmup
-        t0 = time.perf_counter()
+
+    def next_batch():
+        nonlocal batches, epoch
         batch = next(batches, None)
         if batch is None:
             epoch += 1
             loader.sampler.set_epoch(epoch)
             batches = iter(loader)
             batch = next(batches)
-        x, y = batch
+        return batch
+
+    # Pass 1: the loop exactly as train.py runs it (nothing else in between, so no cache is cold
+    # that would not be in a run)
+    for it in range(warmup + repeats):
+        keep = it >= warmup
+        t0 = time.perf_counter()
+        x, y = next_batch()
         t1 = time.perf_counter()
         opt_all.zero_grad(set_to_none=False)
         t2 = time.perf_counter()
@@ -127,11 +134,16 @@ def _time_iterations(cfg, repeats: int, warmup: int, threads: int, detail: bool 
         if finite(params):
             opt_all.step()
         t6 = time.perf_counter()
+        _ = loss.item()  # the loop's bookkeeping between iterations (train.py: Tracker.iteration,
+        _ = (logits.detach().argmax(1) == y).sum()  # the stop flag's tensor)
+        _ = torch.tensor([0.0])
+        t7 = time.perf_counter()
         if keep:
             samples["data"].append(t1 - t0)
             samples["zero_grad"].append(t2 - t1)
             samples["loss"].append(t4 - t3)
             samples["update_all"].append(t6 - t5)
+            samples["between"].append(t7 - t6)
             samples["compute"].append(t6 - t1)
             starts = [stamps[f"f{i}"] for i in range(len(layers))] + [t3]
             for i in range(len(layers)):
@@ -140,9 +152,12 @@ def _time_iterations(cfg, repeats: int, warmup: int, threads: int, detail: bool 
             for i in reversed(range(len(layers))):
                 samples["backward"][i].append(ready[i] - previous)
                 previous = ready[i]
-        if not detail:
-            continue
-        # per-layer updates, packing and scaling: timed apart from the iteration above
+    # Pass 2: what other strategies do with the same gradients: per-layer updates, packing, scaling
+    for it in range(warmup + repeats if detail else 0):
+        keep = it >= warmup
+        x, y = next_batch()
+        opt_all.zero_grad(set_to_none=False)
+        loss_and_logits(model(x), y, cfg.model)[0].backward()
         for i, (_, _, ps) in enumerate(layers):
             a = time.perf_counter()
             if finite(ps):
@@ -161,15 +176,9 @@ def _time_iterations(cfg, repeats: int, warmup: int, threads: int, detail: bool 
         b = time.perf_counter()
         flat.div_(2)
         c = time.perf_counter()
-        # the loop's bookkeeping between iterations (train.py: Tracker.iteration, the stop flag's tensor)
-        _ = loss.item()
-        _ = (logits.detach().argmax(1) == y).sum()
-        _ = torch.tensor([0.0])
-        d = time.perf_counter()
         if keep:
             samples["copy"].append((b - a) / 2)
             samples["scale"].append(c - b)
-            samples["between"].append(d - c)
     for h in hooks:
         h.remove()
     names = [(name, type(module).__name__, [p.numel() * p.element_size() for p in ps]) for name, module, ps in layers]
@@ -316,7 +325,12 @@ def profile_from_timeline(events: List[dict], layers: List[Tuple[str, str, List[
 
 
 def profile_from_run(run_dir: Path, rank: int = 0) -> Profile:
-    """A profile from a run directory holding timeline.json (``timeline=true``)."""
+    """A profile from a run directory holding timeline.json (``timeline=true``).
+
+    What a trace does not show (packing and scaling costs, zero_grad, the bookkeeping between
+    iterations, per-layer updates of a strategy that updates all at once) is left out;
+    :func:`fill_from` takes it from a measured profile.
+    """
     run_dir = Path(run_dir)
     trace = run_dir / "timeline.json"
     if not trace.is_file():
@@ -344,3 +358,51 @@ def profile_from_run(run_dir: Path, rank: int = 0) -> Profile:
         step=step_costs,
         measurements={"steps": used, "world_size": cfg.world_size, "strategy": cfg.strategy.name},
     )
+
+
+def _median_layers(profiles: Sequence[Profile]) -> List[Layer]:
+    first = profiles[0]
+    for p in profiles[1:]:
+        if [l.name for l in p.layers] != [l.name for l in first.layers]:
+            raise ProfileError(f"profiles {first.name} and {p.name} have different layers: not the same model")
+    return [Layer(name=l.name, type=l.type, tensors=l.tensors,
+                  forward_s=_median([p.layers[i].forward_s for p in profiles]),
+                  backward_s=_median([p.layers[i].backward_s for p in profiles]),
+                  update_s=_median([p.layers[i].update_s for p in profiles]))
+            for i, l in enumerate(first.layers)]
+
+
+def merge_runs(profiles: Sequence[Profile]) -> Profile:
+    """One profile from several runs' profiles of the same model and batch: medians per field."""
+    if len({(p.model, p.batch_size) for p in profiles}) != 1:
+        raise ProfileError("--from-run: the runs must share model and train.batch_size to make one profile")
+    first = profiles[0]
+    keys = sorted({k for p in profiles for k in p.step})
+    step = {k: _median([p.step[k] for p in profiles if k in p.step]) for k in keys}
+    worlds = sorted({p.measurements.get("world_size") for p in profiles}, key=str)
+    return Profile(layers=_median_layers(profiles), name=first.name, model=first.model,
+                   input_shape=first.input_shape, batch_size=first.batch_size, threads=first.threads,
+                   device=first.device, step=step,
+                   source=f"extracted from the timeline.json of {len(profiles)} run(s) (medians over runs): "
+                          + "; ".join(p.source for p in profiles[:3]) + (" ..." if len(profiles) > 3 else ""),
+                   measurements={"runs": len(profiles), "world_sizes": worlds})
+
+
+def fill_from(profile: Profile, base: Profile) -> Profile:
+    """``profile`` with what its trace could not show taken from ``base`` (a measured profile of the same
+    model and batch): memory costs, zero_grad, loss, bookkeeping, per-layer updates where it has
+    none, and the slowdown table, made relative to the world size the runs had."""
+    if [l.name for l in base.layers] != [l.name for l in profile.layers]:
+        raise ProfileError(f"--fill-from {base.name}: not the same model's layers as the runs")
+    layers = [l if l.update_s > 0 else Layer(l.name, l.tensors, l.forward_s, l.backward_s, b.update_s, l.type)
+              for l, b in zip(profile.layers, base.layers)]
+    step = {**{k: v for k, v in base.step.items() if k not in profile.step}, **profile.step}
+    worlds = profile.measurements.get("world_sizes") or [profile.measurements.get("world_size")]
+    at = worlds[0] if len(worlds) == 1 and isinstance(worlds[0], int) else None
+    slowdown = {p: s / base.slowdown_at(at) for p, s in base.slowdown.items()} if at and base.slowdown else {}
+    return Profile(layers=layers, name=profile.name, model=profile.model, input_shape=profile.input_shape or
+                   base.input_shape, batch_size=profile.batch_size, threads=profile.threads, device=profile.device,
+                   source=profile.source + f"; memory costs, zero_grad, bookkeeping and missing updates from {base.name}"
+                   + (f"; slowdown relative to {at} processes" if slowdown else ""),
+                   step=step, memory=dict(base.memory), slowdown=slowdown, cores=base.cores,
+                   measurements=profile.measurements)

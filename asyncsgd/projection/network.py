@@ -97,7 +97,9 @@ class Network:
     share the link with ``concurrent_efficiency``. On a CPU a reduction also
     takes ``cpu_s_per_byte`` (+ ``cpu_s_per_call``) CPU seconds from the
     cores that compute, and while the training thread computes it gets at most
-    ``cpu_share`` of a core. ``scale_on_worker``: averaging (division by P)
+    ``cpu_share`` of a core; ``cpu_poll`` is the core fraction its thread burns
+    while it runs whatever its size (a progress engine polling), ``cpu_poll_gate``
+    the part of that its progress needs. ``scale_on_worker``: averaging (division by P)
     runs on the training thread after the wait (gloo), not inside the reduction (MPI).
     """
 
@@ -112,6 +114,8 @@ class Network:
     concurrent_efficiency: Dict[int, float] = field(default_factory=dict)  # k at once -> fraction of the link
     cpu_s_per_byte: float = 0.0  # CPU seconds per byte reduced, taken from the compute cores
     cpu_s_per_call: float = 0.0  # CPU seconds per reduction call
+    cpu_poll: float = 0.0  # fraction of a core a running reduction's thread uses whatever its size (polling)
+    cpu_poll_gate: float = 0.0  # fraction of that polling its progress needs (a late poller reacts late)
     cpu_share: float = 1.0  # most of a core a reduction gets while the training thread computes
     scale_on_worker: bool = False  # averaging (div by P) runs on the training thread after the wait
     source: str = ""  # where the numbers come from
@@ -133,6 +137,9 @@ class Network:
             raise NetworkError(f"network {self.name}: give beta (s per byte) or rate_bps (bits/s)")
         if not 0 < self.link_efficiency <= 1:
             raise NetworkError(f"network {self.name}: link_efficiency={self.link_efficiency} must be in (0, 1]")
+        for key in ("cpu_poll", "cpu_poll_gate"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise NetworkError(f"network {self.name}: {key}={getattr(self, key)} must be in [0, 1]")
         if not 0 < self.cpu_share <= 1:
             raise NetworkError(f"network {self.name}: cpu_share={self.cpu_share} must be in (0, 1]")
         if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels < 1:

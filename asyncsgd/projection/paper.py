@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rates = [10, 100] if args.quick else RATES_GBIT
     specs = [StrategySpec.parse(s) for s in STRATEGIES.split(",")]
 
-    text = ["# Projection to the paper's scale", "",
+    intro = ["# Projection to the paper's scale", "",
             "Every number below is a simulation (`asyncsgd/projection`) of the strategies' schedules, fed with "
             "hand-made profiles of the paper's hardware (per-layer FLOPs over a device's throughput; "
             "`asyncsgd/projection/hardware.py`, every constant with its source or marked as an assumption) and "
@@ -90,6 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             "constants measured on this machine, is checked against measured runs in `validation.md`. "
             f"Rules: {RULESET[AS_IMPLEMENTED]}; ideal: {RULESET[IDEAL]}. Iteration time here is the steady-state "
             "period (1 / throughput).", ""]
+    text: List[str] = []
     scaling_tables: Dict[str, pd.DataFrame] = {}
     bands: Dict[str, pd.DataFrame] = {}
     headline = []
@@ -118,11 +119,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      f"(base {wide['base']:.2f}×).", ""]
     plot_scaling(scaling_tables, bands, out / "speedup_vs_workers.png",
                  "Speedup over sync vs workers (projection, weak scaling: fixed batch per worker)")
-    text[8:8] = ["## Summary", "",
-                 house.markdown_table(["setting", "compute/iteration (ms)", "gradient MB",
-                                       "allreduce > compute from (workers)", "best strategy", "at workers",
-                                       "its speedup", "best ideal speedup"], headline), "",
-                 "![speedup vs workers](speedup_vs_workers.png)", ""]
+    text = intro + ["## Summary", "",
+                    house.markdown_table(["setting", "compute/iteration (ms)", "gradient MB",
+                                          "allreduce > compute from (workers)", "best strategy", "at workers",
+                                          "its speedup", "best ideal speedup"], headline), "",
+                    "![speedup vs workers](speedup_vs_workers.png)", ""] + text
 
     # strong scaling: a fixed global batch shrinks the per-worker batch
     strong_rows = []

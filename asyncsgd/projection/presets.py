@@ -98,29 +98,19 @@ class Hierarchical:
     per_node: int
     source: str = ""
 
-    # the Network interface the simulator uses ---------------------------------
-    @property
-    def channels(self) -> int:
-        return self.inner.channels
+    # the Network interface the simulator uses: how the workers' CPU and the backend behave is the
+    # node's (inner) business; the bytes cross both levels (allreduce_s)
+    _FROM_INNER = ("channels", "cpu_share", "cpu_poll", "cpu_poll_gate", "scale_on_worker", "efficiency", "cpu_s")
 
-    @property
-    def cpu_share(self) -> float:
-        return self.inner.cpu_share
-
-    @property
-    def scale_on_worker(self) -> bool:
-        return self.inner.scale_on_worker
+    def __getattr__(self, name: str):
+        if name in Hierarchical._FROM_INNER:
+            return getattr(self.inner, name)
+        raise AttributeError(name)
 
     @property
     def notes(self) -> Dict[str, str]:
         return {**{f"inner.{k}": v for k, v in self.inner.notes.items()},
                 **{f"outer.{k}": v for k, v in self.outer.notes.items()}}
-
-    def efficiency(self, k: int) -> float:
-        return self.inner.efficiency(k)
-
-    def cpu_s(self, nbytes: float, p: int) -> float:
-        return self.inner.cpu_s(nbytes, p)
 
     def algorithm(self, nbytes: float) -> str:
         return self.outer.algorithm(nbytes)

@@ -36,6 +36,7 @@ old runs keep being predicted by the rules they ran with.
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Deque, Dict, Iterator, List, Optional, Tuple
@@ -191,7 +192,8 @@ class Plan:
         net = self.network
         if self.ideal:
             return Machine(cpu=self.cpu, channels=1, preemptive=True, cpu_contention=False)
-        return Machine(cpu=self.cpu, channels=net.channels, efficiency=net.efficiency, cpu_share=net.cpu_share)
+        return Machine(cpu=self.cpu, channels=net.channels, efficiency=net.efficiency, cpu_share=net.cpu_share,
+                       cpu_poll=net.cpu_poll, cpu_poll_gate=net.cpu_poll_gate)
 
 
 # ---------------------------------------------------------------------- the training loop
@@ -516,8 +518,9 @@ class Prediction:
     strategy: str
     rules: str
     world_size: int
-    iter_s: float  # median after the warm-up, as the runner reports it
+    iter_s: float  # median after the warm-up, as the runner reports it (median_iter_s)
     period_s: float  # mean start-to-start time: 1 / throughput
+    mean_s: float  # mean iteration (t_iter) after the warm-up, as the report's t_iter_s
     comm_wait_s: float  # time the training thread was blocked on reductions per iteration
     phases: Dict[str, float]
     result: Result
@@ -586,4 +589,6 @@ def predict(profile: Profile, network, world_size: int, spec: StrategySpec, rule
     else:
         result = steady_state(plan, spec, worker.warmup)
     phases = {p: result.phase_s(p) for p in ("data", "forward", "backward", "comm_wait", "update", "other")}
-    return Prediction(spec.label, rules, world_size, result.iter_s, result.period_s, result.comm_wait_s, phases, result)
+    mean_s = statistics.mean(result.durations[i] for i in result.measured)
+    return Prediction(spec.label, rules, world_size, result.iter_s, result.period_s, mean_s, result.comm_wait_s,
+                      phases, result)

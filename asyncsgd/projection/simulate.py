@@ -15,9 +15,11 @@ channels and share the link. What happens when is decided by a fluid model:
   ready reduction at the link's full rate;
 - ``k`` reductions running together share the link, each getting
   ``efficiency(k) / k`` of it; a reduction alone takes ``link_s``;
-- a reduction also needs ``cpu_s`` CPU seconds. The running reductions share
-  the worker's ``cpu`` cores max-min fairly, each wanting what its link share
-  lets it use; while the training thread computes, each gets at most
+- a reduction's thread also wants CPU: ``cpu_s`` CPU seconds of work spread
+  over its duration, which gates its progress, plus ``cpu_poll`` of a core
+  while it runs (a progress engine polling), of which only the fraction
+  ``cpu_poll_gate`` gates progress (a poller that runs late reacts late). The running reductions share the worker's ``cpu`` cores
+  max-min fairly; while the training thread computes, each gets at most
   ``cpu_share`` of a core (measured by :mod:`.calibrate`: a communication
   thread woken by the network waits for a core busy with compute) and compute
   gets the rest. So communication slows compute, and where a reduction needs
@@ -108,6 +110,8 @@ class Machine:
     preemptive: bool = False  # ideal link: most urgent ready reduction first, at full rate
     cpu_contention: bool = True  # False: reductions need no CPU (the ideal)
     cpu_share: float = 1.0  # most of a core one reduction gets while the training thread computes
+    cpu_poll: float = 0.0  # core fraction a running reduction's thread uses whatever its bytes (polling)
+    cpu_poll_gate: float = 0.0  # the part of that polling its progress needs (reacting to the network in time)
 
 
 @dataclass
@@ -243,16 +247,21 @@ class Simulation:
         link_rates = [share / r.link_s if r.link_s > EPS else math.inf for r in active]
         if not self.m.cpu_contention:
             return (1.0 if computing else 0.0), {id(r): lr for r, lr in zip(active, link_rates)}
-        # What each reduction would use at its link rate; while the training thread computes, a
-        # reduction's thread gets at most cpu_share of a core (measured: the kernel wakes it late)
+        # What each reduction's thread would use at its link rate: its per-byte work (which gates its
+        # progress) plus polling (which soaks up what it is given but moves nothing). While the
+        # training thread computes, a reduction's thread gets at most cpu_share of a core (measured:
+        # what compute loses meanwhile); without enough for its work it goes slower in proportion.
         cap = self.m.cpu_share * self.m.cpu if computing else self.m.cpu
-        demands = [min(r.cpu_s * lr, cap) if r.cpu_s > 0 else 0.0 for r, lr in zip(active, link_rates)]
-        alloc = max_min_share(self.m.cpu, demands)
+        work = [r.cpu_s * lr if r.cpu_s > 0 and lr != math.inf else 0.0 for r, lr in zip(active, link_rates)]
+        alloc = max_min_share(self.m.cpu, [min(self.m.cpu_poll + w, cap) for w in work])
         compute = min(1.0, self.m.cpu - sum(alloc)) if computing else 0.0
         rates = {}
-        for r, lr, a in zip(active, link_rates, alloc):
-            cpu_rate = a / r.cpu_s if r.cpu_s > 0 else math.inf
-            rates[id(r)] = min(lr, cpu_rate)
+        for r, lr, w, a in zip(active, link_rates, work, alloc):
+            if lr == math.inf:  # no link time at all: as fast as its CPU allows
+                rates[id(r)] = a / r.cpu_s if r.cpu_s > 0 else math.inf
+            else:
+                need = w + self.m.cpu_poll_gate * self.m.cpu_poll
+                rates[id(r)] = lr * (min(1.0, a / need) if need > EPS else 1.0)
         return compute, rates
 
     def _advance(self, until_compute: Optional[float]) -> Optional[float]:

@@ -87,8 +87,9 @@ def _run(backend, rate_bps, p, times, cpu_per_byte, share, channels):
     return {"backend": backend, "rate": f"{rate_bps / 1e6:g}mbit", "rate_bps": rate_bps, "world_size": p,
             "alone": alone, "pair": {str(big): [(pair_first, 2 * times(big))] * 3},
             "pipeline": {"nbytes": big, "count": 4, "seconds": 4 * times(big)},
-            "busy": {"nbytes": big, "mm_alone_s": 1e-4,
-                     "runs": [{"wall": (1e-4 + cpu_per_byte * big) / share, "mm": 1, "elapsed": 1.0}] * 3},
+            # compute loses `share` of its core while the reduction runs, CPU-bound at cpu_per_byte
+            "busy": {"nbytes": big, "mm_alone_s": 1e-3,
+                     "runs": [{"wall": cpu_per_byte * big / share, "mm": round((1 - share) * 1000), "elapsed": 1.0}] * 3},
             "local": {"add_s_per_byte": 1e-10, "div_s_per_byte": 5e-11}}
 
 

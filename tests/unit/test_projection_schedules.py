@@ -189,3 +189,12 @@ def test_bucketing_follows_layerwise():
     assert layer_buckets(layers, 0.0) == [[4], [3], [2], [1], [0]]
     # backward order, a new bucket once the current one holds >= 1 MiB
     assert layer_buckets(layers, 1.0) == [[4], [1, 2, 3], [0]]
+
+
+def test_polling_takes_cpu_from_compute_but_does_not_slow_the_reduction():
+    # MPICH spins through a blocking allreduce: its thread soaks up the share it gets while compute
+    # runs (here a quarter of the core) but needs it for no progress. delayed K=1: the 8 ms reduction
+    # runs beside 40 ms of compute, which loses 2 ms of its 8.
+    prof = toy([10, 10], [10, 10], [4000, 4000])
+    net = Network("spin", alpha=0.0, beta=1e-6, cpu_poll=1.0, cpu_share=0.25)
+    assert period(prof, StrategySpec("delayed", k=1), AS_IMPLEMENTED, net) == pytest.approx(42.0, abs=0.05)
