@@ -62,6 +62,11 @@ from .runs import (
 )
 from .tables import breakdown_table, convergence_table, iteration_table, render_markdown
 
+# The house style, for other reports: asyncsgd.projection writes its validation and
+# projection reports with the same tables and figures.
+from .plots import _figure as new_figure, _legend as figure_legend, _save as save_figure, _styles as strategy_styles
+from .tables import _f as format_number, _md_table as markdown_table
+
 __all__ = [
     "BASE_SETTINGS", "CHOICE_GROUPS", "LINK_KEY", "METRIC_NUMBERS", "NOT_SETTINGS", "PHASES", "PHASE_NAMES", "PLOTS",
     "SETTING_LABELS", "STRATEGY_KEYS", "Report", "ReportError", "Run", "Sweep", "breakdown_table",
@@ -69,4 +74,5 @@ __all__ = [
     "missing_jobs", "phase_means", "plot_accuracy", "plot_breakdown", "plot_loss", "plot_speedup",
     "plot_speedup_vs_bandwidth", "read_metrics", "render_markdown", "resolve_baseline", "runs_frame",
     "setting_columns", "speedup_frame", "strategy_labels", "time_to_target", "varies_link_rate",
+    "new_figure", "figure_legend", "save_figure", "strategy_styles", "format_number", "markdown_table",
 ]
