@@ -9,7 +9,9 @@ The training loop is the same for every strategy::
     strategy.step()                 # the update(s) due at this step
 
 A strategy is composed with the model by :meth:`attach`, owns its hooks,
-handles and buffers, and removes them in :meth:`close`. :meth:`flush` completes
+handles and buffers, and removes them in :meth:`close` — ``close(abort=True)``
+after a failure, when a peer may be gone: then it waits for nothing, applies
+nothing and raises nothing. :meth:`flush` completes
 every reduction in flight so that evaluation and checkpoints see the true
 current weights; :meth:`finish` ends training (flush, plus whatever the
 strategy still owes). :meth:`state_dict` / :meth:`load_state_dict` carry the
@@ -19,6 +21,10 @@ a checkpoint; they are called only after :meth:`flush`.
 Before every update the reduced gradient is checked for NaN/inf
 (``train.nonfinite``): it is the same tensor on every rank, so every rank makes
 the same decision without an extra collective.
+
+A strategy whose step makes a reduction anyway may lend one element of it to
+the stop flag (:class:`~asyncsgd.stopping.StopFlagSlot`, ``stop_slot``), so a
+step issues no collective the algorithm does not need.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from torch import nn
 
 from ..comm import Communicator, Handle
 from ..metrics import PhaseTimer
+from ..stopping import StopFlagSlot
 from ..timeline import Timeline
 
 class NonFiniteGradient(RuntimeError):
@@ -54,6 +61,9 @@ class Strategy(ABC):
         self.nonfinite = "stop"  # train.nonfinite: stop | skip
         self.skipped = 0  # updates skipped because their gradient was not finite
         self.steps_done = 0  # step() calls, to name the step of a bad gradient
+        # An element of a reduction this strategy makes anyway that carries the stop flag;
+        # None: asyncsgd.stopping makes a reduction of its own for it.
+        self.stop_slot: Optional[StopFlagSlot] = None
 
     def attach(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         """Take charge of ``model``'s gradients; returns the module to run forward on."""
@@ -100,10 +110,12 @@ class Strategy(ABC):
         self.skipped = int(state["skipped"])
 
     # -- helpers shared by the strategies ---------------------------------------
-    def _reduce(self, tensor: torch.Tensor, label: str, grad_step: Optional[int] = None) -> Handle:
-        """Start averaging ``tensor`` (the gradient of step ``grad_step``) over all workers; the timeline draws it."""
+    def _reduce(self, tensor: torch.Tensor, label: str, grad_step: Optional[int] = None,
+                average: bool = True) -> Handle:
+        """Start averaging (or, ``average=False``, summing) ``tensor`` (the gradient of step ``grad_step``)
+        over all workers; the timeline draws it."""
         started = time.perf_counter()
-        handle = self.comm.allreduce_async(tensor)
+        handle = self.comm.allreduce_async(tensor, average=average)
         self.timeline.reduction(label, handle, started, tensor.numel() * tensor.element_size(), grad_step)
         return handle
 
@@ -146,8 +158,12 @@ class Strategy(ABC):
         """End of training: after this the model holds the final weights."""
         self.flush()
 
-    def close(self) -> None:
-        """Remove hooks and free buffers."""
+    def close(self, abort: bool = False) -> None:
+        """Remove hooks and free buffers.
+
+        ``abort``: training ended with an error and a peer may be gone. Wait for no
+        reduction, apply no update, raise nothing: drop what is in flight (the process
+        is about to end; the first error is the one to report)."""
 
     @property
     def stop_lag(self) -> int:
@@ -168,10 +184,16 @@ class Strategy(ABC):
         return buffer
 
     @staticmethod
-    def _unflatten_from(buffer: torch.Tensor, tensors: List[torch.Tensor]) -> None:
+    def _unflatten_from(buffer: torch.Tensor, tensors: List[torch.Tensor], scale: float = 1.0) -> None:
+        """Copy ``buffer`` back into ``tensors``, times ``scale``: a summed reduction becomes the
+        average in the copy that is made anyway, instead of in a pass of its own."""
         offset = 0
         for t in tensors:
-            t.copy_(buffer[offset: offset + t.numel()].view_as(t))
+            part = buffer[offset: offset + t.numel()].view_as(t)
+            if scale == 1.0:
+                t.copy_(part)
+            else:
+                torch.mul(part, scale, out=t)
             offset += t.numel()
 
     def _grads(self) -> List[torch.Tensor]:
