@@ -8,7 +8,8 @@ handed to a reduction is not touched again until that reduction is applied.
 sees the true weights without changing the math); ``finish`` applies them when
 ``strategy.drain`` is true. k=0 is exactly ``sync``.
 
-Each buffer has one extra element for the stop flag
+The gradients are views of one flat buffer, so each of these copies is one
+kernel; each buffer has one extra element for the stop flag
 (:class:`~asyncsgd.stopping.StopFlagSlot`); buffers are summed, and the
 division by P happens in the copy back into the gradients.
 """
@@ -39,19 +40,18 @@ class DelayedStrategy(Strategy):
 
     def attach(self, model, make_optimizer):
         net = super().attach(model, make_optimizer)
-        numel = sum(p.numel() for p in self.params) + 1  # + the stop flag
-        like = self.params[0]
-        self.free: Deque[torch.Tensor] = deque(
-            torch.empty(numel, dtype=like.dtype, device=like.device) for _ in range(self.cfg.k + 1)
-        )
+        self.flat = self._flat_gradients(extra=1)  # the gradients as one buffer, + the stop flag
+        if self.flat is None:
+            raise ValueError("strategy=delayed needs every parameter in one dtype on one device")
+        self.free: Deque[torch.Tensor] = deque(torch.empty_like(self.flat) for _ in range(self.cfg.k + 1))
         self.in_flight: Deque[_Queued] = deque()  # oldest first
         self.steps_taken = 0
         self.stop_slot = StopFlagSlot()
         return net
 
     def synchronize(self) -> None:
-        buffer = self._flatten_into(self.free.popleft(), self._grads())
-        buffer[-1] = self.stop_slot.outgoing
+        self.flat[-1] = self.stop_slot.outgoing
+        buffer = self.free.popleft().copy_(self.flat)
         handle = self._reduce(buffer, f"allreduce step {self.steps_taken}", average=False)
         self.in_flight.append(_Queued(self.steps_taken, handle, buffer, 1.0 / self.comm.size, True))
         self.steps_taken += 1
@@ -63,7 +63,7 @@ class DelayedStrategy(Strategy):
     def _apply_oldest(self) -> None:
         queued = self.in_flight.popleft()
         self._wait(queued.handle, f"step {queued.step}")
-        self._unflatten_from(queued.buffer, self._grads(), scale=queued.scale)
+        torch.mul(queued.buffer, queued.scale, out=self.flat)  # into the gradients, averaged on the way
         if queued.carries_flag:
             self.stop_slot.deliver(float(queued.buffer[-1]))
         self._update(self.optimizer, f"update with gradient of step {queued.step}", grad_step=queued.step)
