@@ -3,11 +3,10 @@
 For every parameter tensor of a model (and for the whole model), times one
 ``optimizer.step()`` of torch.optim.SGD in its three implementations — the
 per-tensor loop (``foreach=False``, torch's CPU default), ``foreach=True`` and
-``fused=True`` — with momentum and weight decay, and the ways of averaging a
-reduced flat buffer into the gradients (a copy then a division, or one
-multiply by 1/P). Also checks that the variants give the same parameters
-(max relative difference after a few steps). One thread; medians of
-interleaved repeats.
+``fused=True`` — with momentum and weight decay, and sync's work around its
+reduction before and after the gradients became views of the reduced buffer.
+Also checks that the variants give the same parameters (max relative
+difference after a few steps). One thread; medians of interleaved repeats.
 
     .venv/bin/python scripts/bench_update.py                      # design.md's CNN, 3x32x32
     .venv/bin/python scripts/bench_update.py --model mlp --shape 64
@@ -74,23 +73,34 @@ def agreement(model_fn, momentum: float, wd: float, steps: int = 20) -> Dict[str
             for v in VARIANTS}
 
 
-def averaging_times(numel: int, world: int, repeats: int) -> Dict[str, float]:
-    """Turning a reduced (summed) flat buffer into averaged gradients, for the whole model."""
-    flat = torch.randn(numel)
-    grad = torch.empty(numel)
-    scale = 1.0 / world
+def averaging_times(params: List[torch.nn.Parameter], world: int, repeats: int) -> Dict[str, float]:
+    """sync's work around its reduction, besides the reduction itself, for the whole model.
 
-    def copy_then_divide():
-        flat.div_(world)  # what the backend did after the reduction
-        grad.copy_(flat)
+    Before: gradients copied into a flat buffer, the buffer divided by P after the
+    reduction (the backend's pass), copied back. After: the gradients are views of
+    the flat buffer (backward writes it) and one in-place multiply by 1/P remains.
+    """
+    grads = [torch.randn_like(p) for p in params]
+    flat = torch.randn(sum(g.numel() for g in grads) + 1)
 
-    def multiply_into():
-        torch.mul(flat, scale, out=grad)
+    def before():
+        offset = 0
+        for g in grads:
+            flat[offset: offset + g.numel()].copy_(g.reshape(-1))
+            offset += g.numel()
+        flat.div_(world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
 
-    samples = {"copy + divide": [], "multiply by 1/P": []}
+    def after():
+        flat.mul_(1.0 / world)
+
+    samples = {"copy in, divide, copy out": [], "multiply in place": []}
     for _ in range(5):
-        samples["copy + divide"].append(timed(copy_then_divide, repeats))
-        samples["multiply by 1/P"].append(timed(multiply_into, repeats))
+        samples["copy in, divide, copy out"].append(timed(before, repeats))
+        samples["multiply in place"].append(timed(after, repeats))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -121,10 +131,8 @@ def main() -> None:
         print(f"| {group:24} | {numel:>9} | " + " | ".join(f"{row[v] * 1e3:8.3f}" for v in VARIANTS) + " |")
     print("\nmax relative difference from default after 20 steps:",
           ", ".join(f"{v} {d:.1e}" for v, d in agreement(model_fn, args.momentum, args.weight_decay).items()))
-    numel = sum(q.numel() for q in model.parameters())
-    avg = averaging_times(numel, 2, args.repeats)
-    print(f"\naveraging a reduced flat buffer of {numel} values into the gradients (P=2): "
-          + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in avg.items()))
+    avg = averaging_times(list(model.parameters()), 2, args.repeats)
+    print("\nsync's work around the reduction (P=2), ms: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in avg.items()))
 
 
 if __name__ == "__main__":
