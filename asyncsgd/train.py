@@ -7,12 +7,13 @@ so the loop itself reads like the algorithm.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 strategy.zero_grad()
                 with timer.phase("forward"):
                     loss, out = loss_and_logits(net(x), y, cfg.model)  # mean over the local batch (+ aux losses)
-                    loss = guarded(loss, poison)
+                    loss, loss_value = guarded(loss, poison)
                 with timer.phase("backward"):
                     loss.backward()  # strategy hooks may start reductions here
                 with timer.phase("comm_wait"):
@@ -104,7 +105,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 with timer.phase("update"):
                     strategy.step()
 
-                tracker.iteration(step, epoch, loss, out, y, strategy.lr, timer.pop(), time.perf_counter() - t0,
+                tracker.iteration(step, epoch, loss_value, out, y, strategy.lr, timer.pop(), time.perf_counter() - t0,
                                   strategy.skipped)
                 step += 1
                 batch_index += 1
@@ -214,13 +215,15 @@ def at_step_boundary(position: Position, stop: StopRequest, checkpoints: Checkpo
         raise Interrupted(position.step, stop.agreed, str(path) if path else None)
 
 
-def guarded(loss: torch.Tensor, poison: bool) -> torch.Tensor:
-    """The loss to backpropagate. A non-finite loss (or a ``fault.kind=nan``) becomes a NaN
-    gradient, so the *reduced* gradient, identical on every rank, carries the news and
-    every rank takes the same stop/skip decision without another collective."""
-    if poison or not bool(torch.isfinite(loss)):
-        return loss * float("nan")
-    return loss
+def guarded(loss: torch.Tensor, poison: bool) -> Tuple[torch.Tensor, float]:
+    """The loss to backpropagate, and its value for the metrics. A non-finite loss (or a
+    ``fault.kind=nan``) becomes a NaN gradient, so the *reduced* gradient, identical on every
+    rank, carries the news and every rank takes the same stop/skip decision without another
+    collective. The value is read once, here (on a GPU, one of the host syncs of a step)."""
+    value = loss.item()
+    if poison or not math.isfinite(value):
+        return loss * float("nan"), float("nan")
+    return loss, value
 
 
 def measure_allreduce(comm: Communicator, model: torch.nn.Module, repeats: int = 15) -> Optional[float]:
@@ -306,11 +309,10 @@ class Tracker:
             self._log_redirect = logging_redirect_tqdm()
             self._log_redirect.__enter__()
 
-    def iteration(self, step, epoch, loss, out, y, lr, times, t_iter, skipped: int = 0) -> None:
-        loss_value = loss.item()  # CPU: free; on a GPU this and the accuracy count are the host syncs of a step
+    def iteration(self, step, epoch, loss_value: float, out, y, lr, times, t_iter, skipped: int = 0) -> None:
         n = len(y)
         self.loss_sum += loss_value * n
-        self.correct += int((out.detach().argmax(1) == y).sum())
+        self.correct += int((out.argmax(1) == y).sum())  # argmax records no graph: no detach needed
         self.count += n
         samples = n * self.comm.size
         keep = step % self.cfg.train.log_every_steps == 0

@@ -29,6 +29,7 @@ step issues no collective the algorithm does not need.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import math
 import time
 from typing import Callable, Iterable, List, Optional
 
@@ -151,7 +152,7 @@ class Strategy(ABC):
         # With a flat gradient buffer (whose extra elements are finite) it is one sum.
         total = (self.flat_grad.sum() if self.flat_grad is not None
                  else torch.stack([g.sum() for g in grads]).sum() if grads else None)
-        if total is None or bool(torch.isfinite(total)):
+        if total is None or math.isfinite(total.item()):
             return True
         if all(bool(torch.isfinite(g).all()) for g in grads):
             return True
