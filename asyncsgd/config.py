@@ -430,11 +430,12 @@ class FaultConfig:
 
     rank: Optional[int] = None  # which rank fails; null = no fault
     step: int = 0  # at the start of this step
-    # raise an exception, kill (SIGKILL itself), or nan (this rank's loss becomes NaN)
+    # raise an exception, kill (SIGKILL itself), nan (this rank's loss becomes NaN),
+    # or hang (alive but stuck: its peers' collectives time out after backend.timeout_s)
     kind: str = "raise"
 
     def __post_init__(self) -> None:
-        _one_of("fault.kind", self.kind, ["raise", "kill", "nan"])
+        _one_of("fault.kind", self.kind, ["raise", "kill", "nan", "hang"])
         _require(self.step >= 0, f"fault.step={self.step} must be >= 0")
 
 
