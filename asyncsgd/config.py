@@ -327,10 +327,12 @@ class DelayedConfig(StrategyConfig):
 @dataclass
 class DDPConfig(StrategyConfig):
     name: str = "ddp"
-    bucket_mb: float = 25.0  # MiB; DDP's bucket_cap_mb
+    # MiB; DDP's bucket_cap_mb. None = torch's default: 25 MiB buckets after a first one of
+    # 1 MiB (any explicit size, 25 included, makes the first bucket that size too).
+    bucket_mb: Optional[float] = None
 
     def __post_init__(self) -> None:
-        _require(self.bucket_mb > 0, f"strategy.bucket_mb={self.bucket_mb} must be > 0")
+        _require(self.bucket_mb is None or self.bucket_mb > 0, f"strategy.bucket_mb={self.bucket_mb} must be > 0")
 
 
 @dataclass
@@ -436,11 +438,12 @@ class FaultConfig:
 
     rank: Optional[int] = None  # which rank fails; null = no fault
     step: int = 0  # at the start of this step
-    # raise an exception, kill (SIGKILL itself), or nan (this rank's loss becomes NaN)
+    # raise an exception, kill (SIGKILL itself), nan (this rank's loss becomes NaN),
+    # or hang (alive but stuck: its peers' collectives time out after backend.timeout_s)
     kind: str = "raise"
 
     def __post_init__(self) -> None:
-        _one_of("fault.kind", self.kind, ["raise", "kill", "nan"])
+        _one_of("fault.kind", self.kind, ["raise", "kill", "nan", "hang"])
         _require(self.step >= 0, f"fault.step={self.step} must be >= 0")
 
 

@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Set
 import torch
 from torch import nn
 
+from ..stopping import StopFlagSlot
 from .base import NonFiniteGradient, Strategy
 from .recording import Observation, Recorder
 from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
@@ -97,8 +98,9 @@ class LayerwiseStrategy(Strategy):
         self.buckets: List[_Bucket] = []
         self.scheduler: Optional[ReductionScheduler] = None
         self.flags = torch.zeros(FLAGS, dtype=self.params[0].dtype, device=self.params[0].device)
-        self.stop_requested = False  # set by the training loop's stop agreement (asyncsgd.stopping)
-        self.stops_agreed: Dict[int, bool] = {}  # grad step -> some rank asked to stop at its end
+        # The stop flag travels as flags[0] of each step's first bucket (asyncsgd.stopping).
+        self.stop_slot = StopFlagSlot()
+        self._flags_read = -1  # the last grad step whose flags were read
         self._skip: Set[int] = set()  # grad steps whose update every rank skips (non-finite)
         self._bad_local = 0  # buckets of this step with a non-finite local gradient
         self._flags_sent = False  # this step's flags are on their way
@@ -285,7 +287,7 @@ class LayerwiseStrategy(Strategy):
                 bucket.flat[offset: offset + g.numel()].copy_(g.reshape(-1))
                 offset += g.numel()
         if bucket.carries_flags:
-            self.flags[0] = float(self.stop_requested)
+            self.flags[0] = self.stop_slot.outgoing
             self.flags[1] = float(self._bad_local > 0)
             bucket.flat[offset:].copy_(self.flags)
             self._flags_sent = True
@@ -310,7 +312,7 @@ class LayerwiseStrategy(Strategy):
         firsts = {p: p not in self.optimizer.state for piece in pieces for p in piece.owners}
         for chunk, piece in zip(job.chunks, pieces):
             self.scheduler.wait(chunk)
-            if bucket.carries_flags and chunk.tensor is bucket.flat and job.step not in self.stops_agreed:
+            if bucket.carries_flags and chunk.tensor is bucket.flat and job.step > self._flags_read:
                 self._read_flags(job.step, chunk.tensor[-FLAGS:])
             if job.step in self._skip or not piece.params:  # (a buffer may hold only the flags)
                 continue
@@ -322,7 +324,10 @@ class LayerwiseStrategy(Strategy):
 
     def _read_flags(self, step: int, flags: torch.Tensor) -> None:
         """The first bucket of ``step``: did any rank ask to stop, or have a non-finite gradient?"""
-        self.stops_agreed[step] = bool(flags[0] > 0)
+        self._flags_read = step
+        # Read in the waits, which every rank passes in the same order: every rank delivers
+        # the same sums before the same step boundary.
+        self.stop_slot.deliver(float(flags[0]))
         if flags[1] > 0:
             if self.nonfinite == "stop":
                 raise NonFiniteGradient(
@@ -430,8 +435,12 @@ class LayerwiseStrategy(Strategy):
         super().load_state_dict(state)
         self._step = int(state["layer_step"])
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, abort: bool = False) -> None:
+        if abort:  # a peer may be gone: drop what is in flight, wait for nothing
+            for bucket in self.buckets:
+                bucket.job, bucket.pieces = None, []
+        else:
+            self.flush()
         for h in self._hooks:
             h.remove()
         self._hooks = []
