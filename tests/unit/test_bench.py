@@ -64,12 +64,13 @@ def test_a_sweep_over_links_and_batches():
 def test_ddp_and_layerwise_run_a_bucket_sweep():
     args = parse_args(["--strategies", "sync,layerwise(priority),ddp", "--buckets", "1,4,25"])
     assert list(args.cases) == ["sync", "layerwise(priority)", "layerwise(priority,1MB)", "layerwise(priority,4MB)",
-                                "layerwise(priority,25MB)", "ddp(1MB)", "ddp(4MB)", "ddp(25MB)"]
+                                "layerwise(priority,25MB)", "ddp", "ddp(1MB)", "ddp(4MB)", "ddp(25MB)"]
+    assert args.cases["ddp"] == ["strategy=ddp"]  # torch's default buckets (1 MiB first)
     assert args.cases["ddp(4MB)"] == ["strategy=ddp", "strategy.bucket_mb=4"]
     assert args.cases["layerwise(priority,1MB)"][-1] == "strategy.bucket_mb=1"
     assert "strategy.bucket_mb" not in " ".join(args.cases["layerwise(priority)"])  # per layer, its default
     only_ddp = parse_args(["--strategies", "layerwise(step),ddp", "--buckets", "0.5,25", "--layerwise-buckets", "none"])
-    assert list(only_ddp.cases) == ["layerwise(step)", "ddp(0.5MB)", "ddp(25MB)"]
+    assert list(only_ddp.cases) == ["layerwise(step)", "ddp", "ddp(0.5MB)", "ddp(25MB)"]
     assert expand_cases(["ddp"], [2], [])["ddp(2MB)"][-1] == "strategy.bucket_mb=2"
     assert [family(n) for n in ("ddp(4MB)", "layerwise(priority,4MB)", "layerwise(priority)", "delayed(k=1)")] == [
         "ddp", "layerwise(priority)", "layerwise(priority)", "delayed(k=1)"]
