@@ -37,7 +37,8 @@ import pandas as pd
 from .io import atomic_write_text, read_json
 
 CASES = {
-    "nocomm": ["strategy=nocomm"],
+    # the timeline gives the per-layer compute times the layerwise bound is computed from
+    "nocomm": ["strategy=nocomm", "timeline=true", "timeline_steps=10"],
     "sync": ["strategy=sync", "train.measure_comm=true"],
     "layerwise(forward)": ["strategy=layerwise", "strategy.wait_at=forward"],
     "layerwise(step)": ["strategy=layerwise", "strategy.wait_at=step"],
@@ -172,6 +173,28 @@ def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
     return out + list(args.overrides)
 
 
+def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> float:  # noqa: F821
+    """The least time per iteration any schedule of ``layerwise(wait_at=forward)`` can reach.
+
+    Layers 1..n in forward order, x_i = f_i + b_i + u_i their compute (from the nocomm run's
+    timeline), c_i their share of T_comm (by gradient bytes; one link per worker). Between
+    layer i's gradient being ready and the same point a step later, the compute of the layers
+    before i can run while the reductions of layers 1..i travel, which must all arrive
+    before layer i's forward; the compute of layers i..n follows (issue 12):
+
+        T >= max_i [ sum_{j>=i} x_j + max(rest + sum_{j<i} x_j, sum_{j<=i} c_j) ]
+
+    ``rest`` = T_compute - sum x_j (data, loss, zero_grad, bookkeeping) is counted where it
+    could overlap, so the bound stays a lower bound; at i = 1 it is T_compute."""
+    layers = profile.layers
+    total_bytes = sum(layer.nbytes for layer in layers) or 1
+    update_all = profile.get("update_all_s")
+    x = [l.forward_s + l.backward_s + (l.update_s or update_all * l.nbytes / total_bytes) for l in layers]
+    c = [t_comm * l.nbytes / total_bytes for l in layers]
+    rest = max(0.0, t_compute - sum(x))
+    return max(sum(x[i:]) + max(rest + sum(x[:i]), sum(c[:i + 1])) for i in range(len(layers)))
+
+
 def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
     cmd = [sys.executable, "-m", "asyncsgd.cli", *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -187,6 +210,7 @@ def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
         "iter_s": float(iters["t_iter"].mean()),
         "comm_wait_s": float(iters["t_comm_wait"].median()),
         "allreduce_alone_s": summary.get("allreduce_alone_s"),
+        "run_dir": run_dir,
     }
 
 
@@ -199,6 +223,14 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     t_compute = med.get("nocomm", {}).get("iter_s")
     t_comm = med.get("sync", {}).get("allreduce_alone_s")
     limit = max(t_compute, t_comm) if t_compute is not None and t_comm is not None else None
+    bound = None
+    if limit is not None and samples.get("nocomm"):
+        try:
+            from .projection.measure import profile_from_run
+
+            bound = layerwise_bound(profile_from_run(samples["nocomm"][0]["run_dir"]), t_compute, t_comm)
+        except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
+            print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
     # the best of each bucket sweep (and of ddp, the reference a new method must beat)
     families: Dict[str, List[str]] = {}
     for name in med:
@@ -223,7 +255,9 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
-                       limit_ms=(limit or float("nan")) * 1e3, best=best)
+                       limit_ms=(limit or float("nan")) * 1e3, best=best, bound_ms=(bound or float("nan")) * 1e3,
+                       bound_efficiency=((t_sync - bound) / (t_sync - limit) if bound and t_sync and limit
+                                         and t_sync - limit > 1e-9 else float("nan")))
     return table
 
 
@@ -248,7 +282,9 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
         a = table.attrs
         text += (f"\n{cell.describe() + ': ' if several or cell.mode else ''}"
                  f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = "
-                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n")
+                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n"
+                 f"bound of layerwise(wait_at=forward) from nocomm's per-layer times = {a['bound_ms']:.1f} ms "
+                 f"(overlap efficiency {a['bound_efficiency']:.2f} at the bound)\n")
         best = best_line(table)
         text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -285,7 +321,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     tables = {cell: summarize(samples[cell]) for cell in cells}
     text = render(tables, args)
     out.mkdir(parents=True, exist_ok=True)
-    pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch) for c, t in tables.items()]).to_csv(
+    pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch, t_compute_ms=t.attrs["t_compute_ms"],
+                        t_comm_ms=t.attrs["t_comm_ms"], layerwise_bound_ms=t.attrs["bound_ms"])
+               for c, t in tables.items()]).to_csv(
         out / "bench.csv", index=False)
     atomic_write_text(out / "bench.md", text)
     print(text + f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}")
