@@ -165,9 +165,15 @@ class Result:
         Differs from :attr:`iter_s` when iterations alternate (two reductions in flight on two
         channels make long and short iterations in turn: the median then picks one of them).
         """
-        starts = [begin for begin, _ in self.iterations]
-        if len(starts) - self.warmup >= 2:
-            return (starts[-1] - starts[self.warmup]) / (len(starts) - 1 - self.warmup)
+        starts = [begin for begin, _ in self.iterations][self.warmup:]
+        intervals = len(starts) - 1
+        if intervals >= 2:
+            # an even number of intervals: a pattern of long and short iterations in turn counts
+            # each kind equally often
+            intervals -= intervals % 2
+            return (starts[-1] - starts[-1 - intervals]) / intervals
+        if intervals == 1:
+            return starts[1] - starts[0]
         return self.iter_s
 
     def phase_s(self, phase: str) -> float:

@@ -11,7 +11,8 @@ import pytest
 from asyncsgd.projection import cli
 from asyncsgd.projection.network import Network
 from asyncsgd.projection.profile import profile_from_dict
-from asyncsgd.projection.schedules import StrategySpec, predict
+from asyncsgd.projection.presets import load_network
+from asyncsgd.projection.schedules import StrategySpec, layerwise_bound_for, predict
 from asyncsgd.projection.validate import _strategy_config, validate, validate_runs_csv
 
 from ..report_fixtures import make_run
@@ -137,6 +138,10 @@ def test_project_writes_tables_and_a_trace(capsys, tmp_path):
                  "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "trace.json")])
     table = pd.read_csv(tmp_path / "out" / "projection.csv")
     assert set(table["workers"]) == {2, 16} and set(table["rules"]) == {"as_implemented", "ideal"}
+    # issue 12's bound of layerwise(wait_at=forward), at each worker count
+    bounds = [layerwise_bound_for(profile_from_dict(PROFILE), load_network("10gbe"), p) * 1e3 for p in (2, 16)]
+    assert (f"The bound of layerwise(wait_at=forward) (design.md, per-layer updates): {bounds[0]:.1f} ms at 2, "
+            f"{bounds[1]:.1f} ms at 16.") in capsys.readouterr().out
     sync = table[(table["strategy"] == "sync") & (table["rules"] == "as_implemented")]
     assert (sync["speedup_vs_sync"] == 1.0).all()
     trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
