@@ -280,3 +280,41 @@ def test_polling_takes_cpu_from_compute_but_does_not_slow_the_reduction():
     prof = toy([10, 10], [10, 10], [4000, 4000])
     net = Network("spin", alpha=0.0, beta=1e-6, cpu_poll=1.0, cpu_share=0.25)
     assert period(prof, StrategySpec("delayed", k=1), AS_IMPLEMENTED, net) == pytest.approx(42.0, abs=0.05)
+
+
+def test_layerwise_plan_is_what_the_strategy_builds(comm):
+    # the real strategy's first step on a small convnet (one gloo process) against the model's plan
+    # from the same layers' bytes: the same buckets, chunk sizes (flags included) and lanes
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from asyncsgd.config import LayerwiseConfig
+    from asyncsgd.metrics import PhaseTimer
+    from asyncsgd.projection.measure import _layers
+    from asyncsgd.strategies import make_strategy
+
+    def convnet():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 100), nn.ReLU(),
+                             nn.Linear(100, 10))
+
+    seen = []
+    for cfg in (LayerwiseConfig(priority=True, chunk_mb=1.0, urgent_share=0.1), LayerwiseConfig()):
+        model = convnet()
+        strategy = make_strategy(cfg, comm, PhaseTimer())
+        net = strategy.attach(model, lambda ps: torch.optim.SGD(ps, lr=0.1))
+        F.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.randint(10, (2,))).backward()
+        strategy.synchronize()
+        strategy.close()
+        real = [(b.label, strategy._chunk_sizes(b)) for b in strategy.buckets]
+        layers = [Layer(name, [p.numel() * p.element_size() for p in ps], 0, 0) for name, _, ps in _layers(model)]
+        spec = StrategySpec("layerwise", priority=cfg.priority, chunk_mb=cfg.chunk_mb, urgent_share=cfg.urgent_share)
+        buckets, _, lanes = layerwise_plan(layers, spec)
+        assert [(b.label, [c.elements * 4 for c in b.chunks]) for b in buckets] == real
+        assert lanes == strategy.lanes
+        seen.append((real, lanes))
+    # priority: the big layer's bias in the buffer, its weight in place in 1 MiB chunks; conv first on lane 0
+    assert seen[0] == ([("5", [4040]), ("3", [400, 2**20, 2**20, 2880000 - 2 * 2**20]), ("0", [896 + 8])],
+                       [[2], [0, 1]])
+    assert seen[1] == ([("5", [4040]), ("3", [2880400]), ("0", [896 + 8])], [[0, 1, 2]])  # one buffer each
