@@ -174,25 +174,22 @@ def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
 
 
 def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> float:  # noqa: F821
-    """The least time per iteration any schedule of ``layerwise(wait_at=forward)`` can reach.
+    """The least time per iteration any schedule of ``layerwise(wait_at=forward)`` can reach in
+    this cell (:func:`asyncsgd.projection.schedules.layerwise_bound`, issue 12's bound).
 
-    Layers 1..n in forward order, x_i = f_i + b_i + u_i their compute (from the nocomm run's
-    timeline), c_i their share of T_comm (by gradient bytes; one link per worker). Between
-    layer i's gradient being ready and the same point a step later, the compute of the layers
-    before i can run while the reductions of layers 1..i travel, which must all arrive
-    before layer i's forward; the compute of layers i..n follows (issue 12):
+    Per-layer f_i, b_i, u_i come from the nocomm run's timeline; c_i is layer i's share of the
+    measured T_comm by gradient bytes (one link per worker). The rest of T_compute (data, loss,
+    zero_grad, bookkeeping) is counted before the first forward, where it can overlap with the
+    link, so the bound stays a lower bound; where the link is fast it is T_compute."""
+    from .projection.schedules import layerwise_bound as bound
 
-        T >= max_i [ sum_{j>=i} x_j + max(rest + sum_{j<i} x_j, sum_{j<=i} c_j) ]
-
-    ``rest`` = T_compute - sum x_j (data, loss, zero_grad, bookkeeping) is counted where it
-    could overlap, so the bound stays a lower bound; at i = 1 it is T_compute."""
     layers = profile.layers
     total_bytes = sum(layer.nbytes for layer in layers) or 1
     update_all = profile.get("update_all_s")
-    x = [l.forward_s + l.backward_s + (l.update_s or update_all * l.nbytes / total_bytes) for l in layers]
-    c = [t_comm * l.nbytes / total_bytes for l in layers]
-    rest = max(0.0, t_compute - sum(x))
-    return max(sum(x[i:]) + max(rest + sum(x[:i]), sum(c[:i + 1])) for i in range(len(layers)))
+    update = [l.update_s or update_all * l.nbytes / total_bytes for l in layers]
+    rest = t_compute - sum(l.forward_s + l.backward_s for l in layers) - sum(update)
+    return bound([l.forward_s for l in layers], [l.backward_s for l in layers], update,
+                 [t_comm * l.nbytes / total_bytes for l in layers], before=max(0.0, rest))
 
 
 def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
@@ -224,7 +221,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     t_comm = med.get("sync", {}).get("allreduce_alone_s")
     limit = max(t_compute, t_comm) if t_compute is not None and t_comm is not None else None
     bound = None
-    if limit is not None and samples.get("nocomm"):
+    if limit is not None and samples.get("nocomm") and samples["nocomm"][0].get("run_dir"):
         try:
             from .projection.measure import profile_from_run
 
