@@ -10,15 +10,16 @@ delayed k=1,2 and ddp as ordinary ``asyncsgd-run`` jobs (so the benchmark
 measures exactly what users run), interleaving the repeats so that machine
 noise hits every strategy alike, and prints:
 
-- median ms/iteration and communication wait per iteration,
+- mean ms/iteration after warm-up (medians over repeats) and communication wait per iteration,
 - speedup over ``sync``, and over the best DDP bucket size,
 - overlap efficiency = (T_sync - T) / (T_sync - max(T_compute, T_comm)), where
   T_comm is one fused allreduce of the whole gradient with nothing else running.
   1.0 means the strategy hid every second that could be hidden; 0 means none.
 
-A fair comparison sweeps the bucket size (``--buckets``, MiB): DDP runs once per
-size (its 25 MiB default puts most of a small CNN in one bucket that is ready
-only at the end of backward) and the best is the one to beat; each layerwise
+A fair comparison sweeps the bucket size (``--buckets``, MiB): DDP runs with
+torch's default buckets (a 1 MiB first bucket, then 25 MiB ones, which put most
+of a small CNN in one bucket ready only at the end of backward) and once per
+size, and the best is the one to beat; each layerwise
 case runs per layer (its default) and once per size.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ import pandas as pd
 from .io import atomic_write_text, read_json
 
 CASES = {
-    "nocomm": ["strategy=nocomm"],
+    # the timeline gives the per-layer compute times the layerwise bound is computed from
+    "nocomm": ["strategy=nocomm", "timeline=true", "timeline_steps=10"],
     "sync": ["strategy=sync", "train.measure_comm=true"],
     "layerwise(forward)": ["strategy=layerwise", "strategy.wait_at=forward"],
     "layerwise(step)": ["strategy=layerwise", "strategy.wait_at=step"],
@@ -123,7 +125,8 @@ def expand_cases(names: List[str], ddp_sizes: List[float], layerwise_sizes: List
     and ``layerwise(priority)`` (per layer) gains ``layerwise(priority,4MB)``..."""
     cases: Dict[str, List[str]] = {}
     for name in names:
-        if name == "ddp":
+        if name == "ddp":  # torch's default buckets, then each size
+            cases[name] = CASES[name]
             sweep = [(f"ddp({mb:g}MB)", mb) for mb in ddp_sizes]
         else:
             cases[name] = CASES[name]
@@ -170,6 +173,25 @@ def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
     return out + list(args.overrides)
 
 
+def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> float:  # noqa: F821
+    """The least time per iteration any schedule of ``layerwise(wait_at=forward)`` can reach in
+    this cell (:func:`asyncsgd.projection.schedules.layerwise_bound`, issue 12's bound).
+
+    Per-layer f_i, b_i, u_i come from the nocomm run's timeline; c_i is layer i's share of the
+    measured T_comm by gradient bytes (one link per worker). The rest of T_compute (data, loss,
+    zero_grad, bookkeeping) is counted before the first forward, where it can overlap with the
+    link, so the bound stays a lower bound; where the link is fast it is T_compute."""
+    from .projection.schedules import layerwise_bound as bound
+
+    layers = profile.layers
+    total_bytes = sum(layer.nbytes for layer in layers) or 1
+    update_all = profile.get("update_all_s")
+    update = [l.update_s or update_all * l.nbytes / total_bytes for l in layers]
+    rest = t_compute - sum(l.forward_s + l.backward_s for l in layers) - sum(update)
+    return bound([l.forward_s for l in layers], [l.backward_s for l in layers], update,
+                 [t_comm * l.nbytes / total_bytes for l in layers], before=max(0.0, rest))
+
+
 def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
     cmd = [sys.executable, "-m", "asyncsgd.cli", *overrides, f"hydra.run.dir={run_dir}"]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -179,10 +201,13 @@ def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
     summary = read_json(run_dir / "summary.json")
     metrics = pd.read_csv(run_dir / "metrics.csv")
     iters = metrics[metrics["kind"] == "iter"].iloc[5:]
+    # The mean, not the median: delayed-k's and layerwise's iterations alternate between short
+    # ones and ones that wait, and the time per iteration that a run takes is their mean.
     return {
-        "iter_s": summary["median_iter_s"],
+        "iter_s": float(iters["t_iter"].mean()),
         "comm_wait_s": float(iters["t_comm_wait"].median()),
         "allreduce_alone_s": summary.get("allreduce_alone_s"),
+        "run_dir": run_dir,
     }
 
 
@@ -195,6 +220,14 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     t_compute = med.get("nocomm", {}).get("iter_s")
     t_comm = med.get("sync", {}).get("allreduce_alone_s")
     limit = max(t_compute, t_comm) if t_compute is not None and t_comm is not None else None
+    bound = None
+    if limit is not None and samples.get("nocomm") and samples["nocomm"][0].get("run_dir"):
+        try:
+            from .projection.measure import profile_from_run
+
+            bound = layerwise_bound(profile_from_run(samples["nocomm"][0]["run_dir"]), t_compute, t_comm)
+        except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
+            print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
     # the best of each bucket sweep (and of ddp, the reference a new method must beat)
     families: Dict[str, List[str]] = {}
     for name in med:
@@ -219,7 +252,9 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
-                       limit_ms=(limit or float("nan")) * 1e3, best=best)
+                       limit_ms=(limit or float("nan")) * 1e3, best=best, bound_ms=(bound or float("nan")) * 1e3,
+                       bound_efficiency=((t_sync - bound) / (t_sync - limit) if bound and t_sync and limit
+                                         and t_sync - limit > 1e-9 else float("nan")))
     return table
 
 
@@ -244,7 +279,9 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
         a = table.attrs
         text += (f"\n{cell.describe() + ': ' if several or cell.mode else ''}"
                  f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = "
-                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n")
+                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n"
+                 f"bound of layerwise(wait_at=forward) from nocomm's per-layer times = {a['bound_ms']:.1f} ms "
+                 f"(overlap efficiency {a['bound_efficiency']:.2f} at the bound)\n")
         best = best_line(table)
         text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -281,7 +318,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     tables = {cell: summarize(samples[cell]) for cell in cells}
     text = render(tables, args)
     out.mkdir(parents=True, exist_ok=True)
-    pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch) for c, t in tables.items()]).to_csv(
+    pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch, t_compute_ms=t.attrs["t_compute_ms"],
+                        t_comm_ms=t.attrs["t_comm_ms"], layerwise_bound_ms=t.attrs["bound_ms"])
+               for c, t in tables.items()]).to_csv(
         out / "bench.csv", index=False)
     atomic_write_text(out / "bench.md", text)
     print(text + f"\nwritten: {out / 'bench.md'}, {out / 'bench.csv'}")

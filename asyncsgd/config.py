@@ -249,12 +249,16 @@ class MPIBackendConfig(BackendConfig):
     # Who drives non-blocking reductions: a communication thread (thread), MPI_Test
     # polling from the training thread's hooks (test), or MPICH's progress thread (library).
     progress: str = "thread"
+    # progress=thread: reductions the communication thread keeps in flight per channel (count);
+    # two keep the link busy across one reduction's start-up and the next.
+    max_inflight: int = 2
     mpiexec: str = "mpiexec"  # launcher used by launcher=local
     mpiexec_args: List[str] = field(default_factory=list)  # extra flags, e.g. ["-bind-to", "core"]
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _one_of("backend.progress", self.progress, MPI_PROGRESS)
+        _require(self.max_inflight >= 1, f"backend.max_inflight={self.max_inflight} must be an integer >= 1")
 
 
 @dataclass
@@ -294,18 +298,20 @@ class LayerwiseConfig(StrategyConfig):
     # forward: wait for a layer's reduction and update it just before its forward in the
     # next iteration (the paper's method); step: wait for all right after backward.
     wait_at: str = "forward"
-    bucket_mb: float = 0.0  # MiB; fuse consecutive layers up to this size (0 = one reduction per layer)
-    # Send the reductions in the order the next forward needs them (asyncsgd.strategies.schedule):
-    # chunks of chunk_mb MiB, at most `credit` of them handed to the backend at a time.
+    bucket_mb: float = 0.0  # MiB; fuse layers adjacent in backward up to this size (0 = one reduction per layer)
+    # Priority (asyncsgd.strategies.schedule): the layers the next forward needs first, up to
+    # urgent_share of the gradient bytes, travel on a channel of their own ahead of the rest;
+    # reductions are cut into chunks of chunk_mb, and a layer is updated chunk by chunk as its
+    # chunks arrive.
     priority: bool = False
-    chunk_mb: float = 1.0
-    credit: int = 8
+    chunk_mb: float = 1.0  # MiB per chunk (priority=true)
+    urgent_share: float = 0.1  # fraction of the gradient bytes on the urgent channel (priority=true)
 
     def __post_init__(self) -> None:
         _one_of("strategy.wait_at", self.wait_at, WAIT_AT)
         _require(self.bucket_mb >= 0, f"strategy.bucket_mb={self.bucket_mb} must be >= 0")
         _require(self.chunk_mb > 0, f"strategy.chunk_mb={self.chunk_mb} must be > 0 (MiB per chunk)")
-        _require(self.credit >= 1, f"strategy.credit={self.credit} must be an integer >= 1 (chunks in flight)")
+        _require(0 <= self.urgent_share < 1, f"strategy.urgent_share={self.urgent_share} must be in [0, 1)")
 
 
 @dataclass
@@ -321,10 +327,12 @@ class DelayedConfig(StrategyConfig):
 @dataclass
 class DDPConfig(StrategyConfig):
     name: str = "ddp"
-    bucket_mb: float = 25.0  # MiB; DDP's bucket_cap_mb
+    # MiB; DDP's bucket_cap_mb. None = torch's default: 25 MiB buckets after a first one of
+    # 1 MiB (any explicit size, 25 included, makes the first bucket that size too).
+    bucket_mb: Optional[float] = None
 
     def __post_init__(self) -> None:
-        _require(self.bucket_mb > 0, f"strategy.bucket_mb={self.bucket_mb} must be > 0")
+        _require(self.bucket_mb is None or self.bucket_mb > 0, f"strategy.bucket_mb={self.bucket_mb} must be > 0")
 
 
 @dataclass

@@ -32,7 +32,7 @@ class Timeline:
         self.active = False
         self.step = 0
         self.events: List[dict] = []
-        self._pending_comm: List[tuple] = []  # (name, handle, started_at, nbytes, step, grad_step)
+        self._pending_comm: List[tuple] = []  # (name, handle, started_at, nbytes, step, grad_step, channel)
         self._backward_mark: Optional[float] = None
         self._hooks: list = []
         self.origin = time.perf_counter()
@@ -66,25 +66,28 @@ class Timeline:
         finally:
             self.span(name, track, start, time.perf_counter(), **args)
 
-    def reduction(self, name: str, handle, started_at: float, nbytes: int, grad_step: Optional[int] = None) -> None:
-        """A reduction (of the gradient of ``grad_step``) started at ``started_at``; drawn once its
-        handle knows when it ended."""
+    def reduction(self, name: str, handle, started_at: float, nbytes: int, grad_step: Optional[int] = None,
+                  channel: int = 0) -> None:
+        """A reduction (of the gradient of ``grad_step``, on ``channel``) started at ``started_at``;
+        drawn once its handle knows when it ended."""
         if self.active:
+            handle.track_completion()
             grad_step = self.step if grad_step is None else grad_step
-            self._pending_comm.append((name, handle, started_at, nbytes, self.step, grad_step))
+            self._pending_comm.append((name, handle, started_at, nbytes, self.step, grad_step, channel))
 
     def _collect_comm(self, force: bool = False) -> None:
         still = []
-        for name, handle, start, nbytes, step, grad_step in self._pending_comm:
+        for pending in self._pending_comm:
+            name, handle, start, nbytes, step, grad_step, channel = pending
             end = handle.completed_at
             if end is None and not force:
-                still.append((name, handle, start, nbytes, step, grad_step))
+                still.append(pending)
                 continue
             end = end if end is not None else time.perf_counter()
             self.events.append({
                 "name": name, "ph": "X", "pid": self.rank, "tid": COMM,
                 "ts": (start - self.origin) * 1e6, "dur": max(end - start, 0.0) * 1e6,
-                "args": {"step": step, "grad_step": grad_step, "bytes": nbytes},
+                "args": {"step": step, "grad_step": grad_step, "bytes": nbytes, "channel": channel},
             })
         self._pending_comm = still
 

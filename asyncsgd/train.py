@@ -110,14 +110,17 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 step += 1
                 batch_index += 1
                 at_step_boundary(Position(step, epoch, batch_index), stop, checkpoints, model, strategy, tracker)
-            # Evaluation needs the true current weights: complete everything in flight.
-            strategy.flush()
             epoch_done = batch is None  # the data ran out, not the step budget
             epoch, batch_index = epoch + 1, 0
             last = step >= total_steps
             evaluate_now = last or (cfg.train.eval_every_epochs > 0 and epoch % cfg.train.eval_every_epochs == 0)
+            if evaluate_now:
+                # Evaluation needs the true current weights: complete everything in flight. Only
+                # then: a flush drains layerwise's and delayed-k's pipelines (a checkpoint flushes itself).
+                strategy.flush()
             tracker.end_epoch(step, epoch - 1, model if evaluate_now else None, test_loader)
             if epoch_done and checkpoints.due_after_epoch(epoch):
+                strategy.flush()
                 checkpoints.save(Position(step, epoch, 0), model, strategy, tracker)
         strategy.finish()
         if epoch == 0 or not tracker.evaluated_at(step):

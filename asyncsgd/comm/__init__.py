@@ -9,7 +9,8 @@ def make_communicator(backend_cfg) -> Communicator:
     if backend_cfg.name == "mpi":
         from .mpi import MPICommunicator
 
-        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.progress)
+        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.progress,
+                               max_inflight=backend_cfg.max_inflight)
     from .torchdist import TorchDistCommunicator
 
     return TorchDistCommunicator(backend_cfg.name, backend_cfg.timeout_s)

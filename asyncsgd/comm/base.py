@@ -4,6 +4,13 @@ Strategies see ``allreduce_async(tensor) -> Handle``, ``handle.wait()``,
 ``broadcast``, ``barrier``, ``rank`` and ``size``; so one strategy runs unchanged
 on MPI, gloo and NCCL. Every collective must be issued in the same order on every
 rank (MPI and NCCL match collectives by order, not by name).
+
+Channels: ``open_channels(n)`` gives ``n`` independent sequences of collectives
+(a process group each on torch.distributed, a duplicated communicator each on
+MPI). The order rule holds per channel; between channels nothing is ordered, so
+a reduction on one channel is never queued behind another channel's. Channel 0
+is the default and goes first where the backend decides (MPI's communication
+thread starts channel 0's reductions before any other channel's).
 """
 from __future__ import annotations
 
@@ -26,6 +33,10 @@ class Handle(ABC):
     """
 
     completed_at: Optional[float] = None
+
+    def track_completion(self) -> None:
+        """Ask the backend to set ``completed_at`` when the reduction ends (only the timeline
+        needs it; where that costs a callback per collective, it is paid only when asked)."""
 
     @abstractmethod
     def is_completed(self) -> bool:
@@ -62,11 +73,20 @@ class Communicator(ABC):
         self.timeout_s = timeout_s
 
     @abstractmethod
-    def allreduce_async(self, tensor: torch.Tensor, average: bool = True) -> Handle:
-        """Start an in-place sum (divided by ``size`` if ``average``) of ``tensor`` over all workers."""
+    def allreduce_async(self, tensor: torch.Tensor, average: bool = True, channel: int = 0) -> Handle:
+        """Start an in-place sum (divided by ``size`` if ``average``) of ``tensor`` over all workers,
+        on ``channel`` (see :meth:`open_channels`)."""
 
     def allreduce(self, tensor: torch.Tensor, average: bool = True) -> torch.Tensor:
         return self.allreduce_async(tensor, average).wait()
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    def open_channels(self, n: int) -> None:
+        """Make channels 0..n-1 available. A collective call: every rank makes the same calls in
+        the same order (strategies do it in ``attach``). Backends without channels keep one."""
 
     @abstractmethod
     def broadcast(self, tensor: torch.Tensor, root: int = 0) -> None:

@@ -3,14 +3,24 @@
 MPI's non-blocking collectives only move when something calls into MPI. Three
 ways are offered (``backend.progress``):
 
-- ``thread``: a dedicated communication thread runs the reductions one after the
-  other with blocking calls, as the paper's Caffe code and Horovod do. The
-  training thread only enqueues and later waits on an event.
+- ``thread`` (default): a dedicated communication thread, as in the paper's
+  Caffe code and Horovod. The training thread only enqueues and later waits on
+  an event. The thread starts ``MPI_Iallreduce`` for queued reductions (up to
+  ``backend.max_inflight`` per channel, channel 0 first) and drives them with
+  ``MPI_Test``, sleeping between polls with a short back-off. It never sits
+  in a blocking MPI call, where MPICH may poll the network for the whole
+  transfer: on a machine with one core per worker, such a thread competes
+  with the compute it is meant to overlap.
 - ``test``: ``MPI_Iallreduce`` from the training thread; strategies call
   :meth:`progress` from their hooks, which polls ``MPI_Test`` on every pending
   request.
 - ``library``: ``MPI_Iallreduce`` and MPICH's own progress thread
   (``MPIR_CVAR_ASYNC_PROGRESS=1``, set before MPI starts; needs THREAD_MULTIPLE).
+
+Channels (:meth:`open_channels`) are duplicated communicators: collectives are
+ordered per communicator, so the communication thread may start channel 0's
+reductions ahead of queued ones of other channels without any rank disagreeing
+about the order within a channel.
 """
 from __future__ import annotations
 
@@ -18,12 +28,19 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional
 
 import numpy as np
 import torch
 
 from .base import CommTimeout, Communicator, DoneHandle, Handle
+
+# Back-off of the communication thread between MPI_Test polls while reductions are in
+# flight: short enough that a socket buffer (hundreds of KB) never runs dry at 10 Gbit/s,
+# long enough that the thread costs a few percent of a core, not the whole core.
+POLL_MIN_S = 20e-6
+POLL_MAX_S = 200e-6
 
 
 def _buffer(tensor: torch.Tensor) -> np.ndarray:
@@ -58,22 +75,38 @@ class _RequestHandle(Handle):
 
 
 class _ThreadHandle(Handle):
-    """Work queued to the communication thread; completion is an event."""
+    """Work for the communication thread; completion is an event the training thread waits on.
 
-    def __init__(self, comm: "MPICommunicator", fn: Callable[[], Any]):
-        self.comm, self.fn = comm, fn
+    Either a reduction (``tensor`` set: started non-blocking, polled) or a callable run to
+    completion on the thread (broadcasts, barriers: rare, outside the training step).
+    """
+
+    def __init__(self, comm: "MPICommunicator", channel: int, fn: Optional[Callable[[], Any]] = None,
+                 tensor: Optional[torch.Tensor] = None, average: bool = False):
+        self.comm, self.channel, self.fn, self.tensor, self.average = comm, channel, fn, tensor, average
+        self.request = None
         self.event = threading.Event()
         self.result: Any = None
         self.error: Optional[BaseException] = None
+
+    def start(self) -> None:
+        MPI = self.comm.MPI
+        self.request = self.comm.comms[self.channel].Iallreduce(MPI.IN_PLACE, _buffer(self.tensor), op=MPI.SUM)
 
     def run(self) -> None:
         try:
             self.result = self.fn()
         except BaseException as exc:  # surfaced to the training thread in wait()
             self.error = exc
-        finally:
-            self.completed_at = time.perf_counter()
-            self.event.set()
+        self.done()
+
+    def done(self) -> None:
+        if self.tensor is not None and self.error is None:
+            if self.average:
+                self.tensor.div_(self.comm.size)
+            self.result = self.tensor
+        self.completed_at = time.perf_counter()
+        self.event.set()
 
     def is_completed(self) -> bool:
         return self.event.is_set()
@@ -93,7 +126,7 @@ class _ThreadHandle(Handle):
 class MPICommunicator(Communicator):
     name = "mpi"
 
-    def __init__(self, timeout_s: float, progress: str = "thread"):
+    def __init__(self, timeout_s: float, progress: str = "thread", max_inflight: int = 2):
         super().__init__(timeout_s)
         if progress == "library":
             # Must be in the environment before MPI_Init; launcher=local sets it too.
@@ -102,6 +135,7 @@ class MPICommunicator(Communicator):
 
         self.MPI = MPI
         self.progress_mode = progress
+        self.max_inflight = max_inflight
         if progress in ("thread", "library") and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
             raise RuntimeError(
                 f"backend.progress={progress} needs an MPI library with MPI_THREAD_MULTIPLE; "
@@ -109,6 +143,7 @@ class MPICommunicator(Communicator):
             )
         # A private communicator keeps our collectives apart from any user code's.
         self.comm = MPI.COMM_WORLD.Dup()
+        self.comms = [self.comm]  # one per channel
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._pending: List[_RequestHandle] = []
         self._queue: "queue.Queue[Optional[_ThreadHandle]]" = queue.Queue()
@@ -117,35 +152,98 @@ class MPICommunicator(Communicator):
             self._thread = threading.Thread(target=self._serve, name="asyncsgd-mpi-comm", daemon=True)
             self._thread.start()
 
+    # -- channels ---------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return len(self.comms)
+
+    def open_channels(self, n: int) -> None:
+        while len(self.comms) < n:
+            if self._thread is not None:  # MPI calls on a communicator stay on the thread that drives it
+                self.comms.append(self._submit(0, fn=self.comm.Dup).wait())
+            else:
+                self.comms.append(self.comm.Dup())
+
     # -- communication thread -------------------------------------------------
     def _serve(self) -> None:
+        waiting: List[Deque[_ThreadHandle]] = []  # per channel: queued, not started
+        active: List[List[_ThreadHandle]] = []  # per channel: started, not complete
+        pause = POLL_MIN_S
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            item.run()
+            busy = any(active) or any(waiting)
+            try:
+                item = self._queue.get(block=not busy)
+            except queue.Empty:
+                item = False
+            while item is not False:
+                if item is None:  # close(): the training thread no longer waits for anything
+                    return
+                while len(waiting) <= item.channel:
+                    waiting.append(deque())
+                    active.append([])
+                if item.fn is not None:
+                    # A blocking collective: every reduction queued before it on its channel
+                    # must be started first, so that every rank issues them in the same order.
+                    while waiting[item.channel]:
+                        self._start(waiting[item.channel].popleft(), active)
+                    item.run()
+                else:
+                    waiting[item.channel].append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = False
+            progressed = False
+            for channel, queued in enumerate(waiting):
+                # channel 0 first: the next channel starts only while the ones before it are idle
+                while queued and len(active[channel]) < self.max_inflight:
+                    self._start(queued.popleft(), active)
+                    progressed = True
+                if active[channel] or queued:
+                    break
+            for running in active:
+                for handle in [h for h in running if self._test(h)]:
+                    running.remove(handle)
+                    handle.done()
+                    progressed = True
+            if progressed:
+                pause = POLL_MIN_S
+            elif any(active):
+                time.sleep(pause)
+                pause = min(2 * pause, POLL_MAX_S)
 
-    def _submit(self, fn: Callable[[], Any]) -> _ThreadHandle:
-        handle = _ThreadHandle(self, fn)
+    def _start(self, handle: _ThreadHandle, active: List[List[_ThreadHandle]]) -> None:
+        try:
+            handle.start()
+            active[handle.channel].append(handle)
+        except BaseException as exc:
+            handle.error = exc
+            handle.done()
+
+    @staticmethod
+    def _test(handle: _ThreadHandle) -> bool:
+        try:
+            return bool(handle.request.Test())
+        except BaseException as exc:
+            handle.error = exc
+            return True
+
+    def _submit(self, channel: int, fn: Optional[Callable[[], Any]] = None, tensor: Optional[torch.Tensor] = None,
+                average: bool = False) -> _ThreadHandle:
+        handle = _ThreadHandle(self, channel, fn=fn, tensor=tensor, average=average)
         self._queue.put(handle)
         return handle
 
     # -- collectives ------------------------------------------------------------
-    def allreduce_async(self, tensor: torch.Tensor, average: bool = True) -> Handle:
+    def allreduce_async(self, tensor: torch.Tensor, average: bool = True, channel: int = 0) -> Handle:
         if self.size == 1:
             return DoneHandle(tensor)
-        buf = _buffer(tensor)
-        MPI = self.MPI
         if self._thread is not None:
-
-            def reduce() -> torch.Tensor:
-                self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-                if average:
-                    tensor.div_(self.size)
-                return tensor
-
-            return self._submit(reduce)
-        handle = _RequestHandle(self, self.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM), tensor, average)
+            _buffer(tensor)  # refuse a bad tensor here, not on the thread
+            return self._submit(channel, tensor=tensor, average=average)
+        MPI = self.MPI
+        request = self.comms[channel].Iallreduce(MPI.IN_PLACE, _buffer(tensor), op=MPI.SUM)
+        handle = _RequestHandle(self, request, tensor, average)
         self._pending.append(handle)
         return handle
 
@@ -164,7 +262,7 @@ class MPICommunicator(Communicator):
         if self.size == 1:
             return obj
         if self._thread is not None:
-            return self._submit(lambda: self.comm.bcast(obj, root=root)).wait()
+            return self._submit(0, fn=lambda: self.comm.bcast(obj, root=root)).wait()
         # Pickled broadcast has no non-blocking form: send the length, then the bytes.
         import pickle
 
@@ -182,7 +280,7 @@ class MPICommunicator(Communicator):
     def _blocking(self, start_nonblocking, blocking, what: str) -> None:
         """Run a collective to completion, but never wait longer than timeout_s."""
         if self._thread is not None and blocking is not None:
-            self._submit(blocking).wait()
+            self._submit(0, fn=blocking).wait()
             return
         request = start_nonblocking()
         self._wait_until(request.Test, what)
@@ -199,11 +297,13 @@ class MPICommunicator(Communicator):
             self._queue.put(None)
             self._thread.join(timeout=self.timeout_s)
             self._thread = None
-        self.comm.Free()
+        for comm in self.comms:
+            comm.Free()
 
     def describe(self) -> dict:
         info = super().describe()
         info["mpi_library"] = self.MPI.Get_library_version().splitlines()[0].strip()
         info["progress"] = self.progress_mode
+        info["max_inflight"] = self.max_inflight
         info["thread_level_multiple"] = self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
         return info

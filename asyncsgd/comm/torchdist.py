@@ -20,8 +20,11 @@ class _WorkHandle(Handle):
     def __init__(self, comm: "TorchDistCommunicator", work, tensor: torch.Tensor, average: bool):
         self.comm, self.work, self.tensor, self.average = comm, work, tensor, average
         self._done = False
-        # gloo runs the reduction on its own threads; its future says when it ended.
-        work.get_future().add_done_callback(self._stamp)
+
+    def track_completion(self) -> None:
+        # gloo runs the reduction on its own threads; its future says when it ended. The callback
+        # takes the GIL once per collective, so it is attached only when the timeline asks.
+        self.work.get_future().add_done_callback(self._stamp)
 
     def _stamp(self, _future) -> None:
         self.completed_at = time.perf_counter()
@@ -57,11 +60,24 @@ class TorchDistCommunicator(Communicator):
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self._groups = [None]  # channel 0 is the default process group
 
-    def allreduce_async(self, tensor: torch.Tensor, average: bool = True) -> Handle:
+    @property
+    def channels(self) -> int:
+        return len(self._groups)
+
+    def open_channels(self, n: int) -> None:
+        # A process group per extra channel: its own gloo context (own TCP connections, own
+        # worker threads) or NCCL communicator (own stream), so its collectives never queue
+        # behind another channel's.
+        while len(self._groups) < n:
+            self._groups.append(dist.new_group(list(range(self.size)), timeout=timedelta(seconds=self.timeout_s))
+                                if self.size > 1 else None)
+
+    def allreduce_async(self, tensor: torch.Tensor, average: bool = True, channel: int = 0) -> Handle:
         if self.size == 1:
             return DoneHandle(tensor)
-        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self._groups[channel], async_op=True)
         return _WorkHandle(self, work, tensor, average)
 
     def broadcast(self, tensor: torch.Tensor, root: int = 0) -> None:

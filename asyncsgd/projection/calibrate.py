@@ -316,7 +316,7 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
         name=name or f"{backend}-emulated", alpha=base.alpha, rate_bps=min(s[3] for s in samples),
         link_efficiency=base.link_efficiency, gamma=gamma, ranges=ranges, channels=channels,
         concurrent_efficiency=concurrent, cpu_s_per_byte=per_byte, cpu_s_per_call=per_call, cpu_poll=poll,
-        cpu_poll_gate=gate, cpu_share=share,
+        cpu_poll_gate=gate, cpu_share=share, channel_priority=backend == "mpi",
         scale_on_worker=backend != "mpi",
         source=(f"fitted by asyncsgd-project calibrate from allreduces between emulated workers ({backend}; links "
                 f"{', '.join(rates)}; world sizes {sorted({r['world_size'] for r in mine})}) on "

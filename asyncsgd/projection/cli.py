@@ -152,7 +152,7 @@ def _project(argv: List[str]) -> None:
     from .presets import network_names
     from .profile import ProfileError, load_profile
     from .project import DEFAULT_STRATEGIES, comm_dominates_at, scaling, scaling_markdown
-    from .schedules import AS_IMPLEMENTED, IDEAL, RULESET, predict
+    from .schedules import AS_IMPLEMENTED, IDEAL, RULESET, layerwise_bound_for, predict
 
     parser = _Parser(prog="asyncsgd-project", description=(
         "Project each strategy's iteration time from a profile over a network: speedup over sync at each "
@@ -199,8 +199,10 @@ def _project(argv: List[str]) -> None:
             f"{prof.compute_s * 1e3:.1f} ms, {prof.nbytes / 1e6:.1f} MB of gradients; one allreduce of them alone takes "
             + ", ".join(f"{row.t_comm_ms:.1f} ms at {row.workers}" for row in
                         table.drop_duplicates("workers").itertuples())
-            + (f"; it exceeds the compute from {dominates} workers on." if dominates else "; never more than the compute here.")
-            + f"\n\nRules: {RULESET[AS_IMPLEMENTED]}; ideal: {RULESET[IDEAL]}.\n\n" + scaling_markdown(table) + "\n")
+            + (f"; it exceeds the compute from {dominates} workers on" if dominates else "; never more than the compute here")
+            + ". The bound of layerwise(wait_at=forward) (design.md, per-layer updates): "
+            + ", ".join(f"{layerwise_bound_for(prof, net, w) * 1e3:.1f} ms at {w}" for w in workers)
+            + f".\n\nRules: {RULESET[AS_IMPLEMENTED]}; ideal: {RULESET[IDEAL]}.\n\n" + scaling_markdown(table) + "\n")
     print(text)
     if args.out:
         from ..io import atomic_write_text

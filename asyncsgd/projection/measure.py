@@ -24,12 +24,15 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .profile import Layer, Profile, ProfileError
+
+CHUNK_SUFFIX = re.compile(r"\s*\[\d+/\d+\]$")  # layerwise's chunk of a bucket: "fc1 [2/9]"
 
 
 def _layers(model) -> List[Tuple[str, object, list]]:
@@ -65,6 +68,7 @@ def _time_iterations(cfg, repeats: int, warmup: int, threads: int, detail: bool 
 
     from ..data import load_dataset, make_train_loader
     from ..models import build_model, loss_and_logits
+    from ..train import sgd_factory
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
@@ -74,8 +78,7 @@ def _time_iterations(cfg, repeats: int, warmup: int, threads: int, detail: bool 
     layers = _layers(model)
     params = [p for _, _, ps in layers for p in ps]
 
-    def sgd(ps):
-        return torch.optim.SGD(ps, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    sgd = sgd_factory(cfg)  # the runner's optimizer (fused SGD), per layer as layerwise updates
 
     opt_all = sgd(params)
     opt_layer = [sgd(ps) for _, _, ps in layers]
@@ -300,17 +303,21 @@ def profile_from_timeline(events: List[dict], layers: List[Tuple[str, str, List[
                 fwd[i].append((end - start - inside) / 1e6)
             else:
                 fwd[i].append(dur / 1e6)
+        step_upd: Dict[int, float] = {}  # layer -> its update in this step: every chunk of it, summed
         for e in ev:
             if e.get("tid") != 2 or not e["name"].startswith("update"):
                 continue
-            target = e["name"][len("update"):].strip()
+            # layerwise draws "update {bucket}" per bucket, or "update {bucket} [k/n]" per chunk
+            target = CHUNK_SUFFIX.sub("", e["name"][len("update"):].strip())
             members = [labels.get(f"{n} ({t})") for n, t, _ in layers if n in target.split("+")] if target else []
             if target and members and not target.startswith("with gradient"):
                 total = sum(sum(layers[i][2]) for i in members) or 1
                 for i in members:
-                    upd[i].append(e["dur"] / 1e6 * sum(layers[i][2]) / total)
+                    step_upd[i] = step_upd.get(i, 0.0) + e["dur"] / 1e6 * sum(layers[i][2]) / total
             else:
                 update_all.append(e["dur"] / 1e6)
+        for i, seconds in step_upd.items():
+            upd[i].append(seconds)
     if not used:
         raise ProfileError(f"{where}: no step with a forward span for every layer of the model "
                            f"(rank {rank}); was the run made with timeline=true?")

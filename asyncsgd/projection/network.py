@@ -27,8 +27,10 @@ preset states with its source.
 On a CPU a reduction is also CPU work on the cores that compute (TCP/IP
 copies, the arithmetic): ``cpu_s_per_byte`` and ``cpu_s_per_call`` say how
 much, and the simulator (:mod:`.simulate`) lets it compete with compute.
-Backends run reductions one at a time (MPI's communication thread) or a few
-at once (gloo's worker threads): ``channels``; several at once on one link
+Backends run a few reductions at once on each channel of the communicator
+(MPI's communication thread: ``backend.max_inflight``; gloo: its worker threads):
+``channels``; MPI's thread starts a channel's reductions only while the
+channels before it are idle (``channel_priority``); several at once on one link
 share it, and ``concurrent_efficiency[k]`` is the fraction of the link the k
 of them achieve together (measured: it is well below 1 for gloo over TCP).
 """
@@ -94,7 +96,8 @@ class Network:
     no rate; ``alpha`` per message. ``ranges`` picks the algorithm (and maybe
     another alpha/efficiency) by message size. ``gamma`` is the reduction
     arithmetic in the closed forms. ``channels`` reductions run at once and
-    share the link with ``concurrent_efficiency``. On a CPU a reduction also
+    share the link with ``concurrent_efficiency`` (``channel_priority``: channel 0
+    first, as MPI's communication thread starts them). On a CPU a reduction also
     takes ``cpu_s_per_byte`` (+ ``cpu_s_per_call``) CPU seconds from the
     cores that compute, and while the training thread computes it gets at most
     ``cpu_share`` of a core; ``cpu_poll`` is the core fraction its thread burns
@@ -110,7 +113,8 @@ class Network:
     link_efficiency: float = 1.0  # payload fraction of the rate (headers, protocol)
     gamma: float = 0.0  # s per byte of reduction arithmetic on the critical path
     ranges: List[SizeRange] = field(default_factory=lambda: [SizeRange(None, "ring")])
-    channels: int = 1  # reductions the backend runs at once
+    channels: int = 1  # reductions the backend runs at once on each channel (communicator)
+    channel_priority: bool = False  # MPI's communication thread: channel 0's reductions start first
     concurrent_efficiency: Dict[int, float] = field(default_factory=dict)  # k at once -> fraction of the link
     cpu_s_per_byte: float = 0.0  # CPU seconds per byte reduced, taken from the compute cores
     cpu_s_per_call: float = 0.0  # CPU seconds per reduction call

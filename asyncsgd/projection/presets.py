@@ -40,10 +40,15 @@ SANDY_BRIDGE_GAMMA = 0.375e-9
 P100_GAMMA = 3 / 732e9
 
 
+# The project's MPI backend (comm/mpi.py, backend.progress=thread): one communication thread keeps
+# up to backend.max_inflight (default 2) non-blocking reductions in flight per channel, channel 0 first.
+MPI_THREAD = dict(channels=2, channel_priority=True)
+
+
 def _ethernet(name: str, gbit: float, alpha: float, alpha_note: str) -> Network:
     return Network(
         name=name, alpha=alpha, rate_bps=gbit * 1e9, link_efficiency=ETHERNET_TCP_EFFICIENCY,
-        gamma=SANDY_BRIDGE_GAMMA, ranges=list(MPICH_RANGES), channels=1,
+        gamma=SANDY_BRIDGE_GAMMA, ranges=list(MPICH_RANGES), **MPI_THREAD,
         source=f"{gbit:g} Gbit/s Ethernet (IEEE 802.3), TCP/IP, MPICH-style algorithms, one communication thread",
         notes={"rate_bps": "IEEE 802.3 line rate",
                "link_efficiency": "computed: TCP/IPv4 payload per Ethernet frame at MTU 1500 (1448/1538)",
@@ -59,7 +64,7 @@ def _infiniband(name: str, lane_gbaud: float, alpha: float, alpha_note: str, wha
     rate = 4 * lane_gbaud * 1e9 * IB_ENCODING
     return Network(
         name=name, alpha=alpha, rate_bps=rate, link_efficiency=0.9, gamma=SANDY_BRIDGE_GAMMA,
-        ranges=list(MPICH_RANGES), channels=1,
+        ranges=list(MPICH_RANGES), **MPI_THREAD,
         source=f"InfiniBand 4x {what} ({rate / 1e9:.1f} Gbit/s of data), MPI over verbs (RDMA), one communication thread",
         notes={"rate_bps": f"4 lanes x {lane_gbaud} Gbaud x 64/66 (InfiniBand Architecture Specification)",
                "link_efficiency": "assumption: MPI reaches ~90% of the data rate for large messages",
@@ -100,7 +105,7 @@ class Hierarchical:
 
     # the Network interface the simulator uses: how the workers' CPU and the backend behave is the
     # node's (inner) business; the bytes cross both levels (allreduce_s)
-    _FROM_INNER = ("channels", "cpu_share", "cpu_poll", "cpu_poll_gate", "scale_on_worker", "efficiency", "cpu_s")
+    _FROM_INNER = ("channels", "channel_priority", "cpu_share", "cpu_poll", "cpu_poll_gate", "scale_on_worker", "efficiency", "cpu_s")
 
     def __getattr__(self, name: str):
         if name in Hierarchical._FROM_INNER:

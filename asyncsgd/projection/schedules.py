@@ -2,57 +2,62 @@
 
 A program is the training loop of ``asyncsgd/train.py`` — data, zero_grad,
 forward layer by layer, loss, backward layer by layer, synchronize, step,
-then the loop's bookkeeping and the stop-flag reduction — with each
-strategy's hooks doing what its code does, op by op:
+then the loop's bookkeeping and, where no reduction carries the stop flag,
+its own reduction — with each strategy's hooks doing what its code does, op
+by op:
 
 ``as_implemented`` (the code as of this rule set's :data:`RULESET` note)
-    ``sync`` flattens, reduces, unflattens; ``layerwise`` copies a bucket into
-    its buffer when its last gradient arrives and hands it to the reduction
-    scheduler (``asyncsgd/strategies/schedule.py`` itself, driven through
-    :class:`RecordedScheduler`: chunks, credit, most-urgent-first, the
-    urgent-chunk bypass, credit returned only by waits the training thread
-    makes), and waits/updates in the next forward's pre-hooks
-    (``wait_at=forward``) or after backward (``wait_at=step``); ``delayed``
-    keeps K+1 buffers and applies step t-K's reduced gradient; ``ddp`` reduces
-    torch's buckets (``strategy.bucket_mb`` each, in gradient-ready order; torch
-    makes the first one 1 MiB only when ``bucket_cap_mb`` is left at its
-    default, and the runner passes it) from its autograd hooks and waits at
-    the end of backward. gloo divides by P on the training thread after the
-    wait, MPI on its communication thread; every step boundary issues the
-    stop flag's 4-byte reduction and waits for the one ``lag`` steps back
-    (``asyncsgd/stopping.py``).
+    ``sync`` reduces the flat gradient buffer (gradients are views of it; the
+    stop flag is its last element) and multiplies it by 1/P; ``layerwise``
+    builds its buckets, lanes and chunks as ``layerwise.py`` does from the
+    first step, hands each bucket to ``asyncsgd/strategies/schedule.py``'s
+    ``ReductionScheduler`` itself (driven through :class:`RecordedScheduler`:
+    lanes on channels of their own, the chunks' fixed launch order, the
+    earliest-deadline-first re-order after the calibration steps, measured
+    here from the simulated link as the strategy measures it), and waits and
+    updates chunk by chunk in the next forward's pre-hooks (``wait_at=forward``)
+    or after backward (``wait_at=step``); ``delayed`` keeps K+1 buffers and
+    applies step t-K's reduced gradient; ``ddp`` reduces torch's buckets (its
+    default layout: 1 MiB first, then 25 MiB; an explicit ``bucket_mb`` makes
+    every bucket that size) from its autograd hooks and waits at the end of
+    backward, and keeps the stop flag's own 4-byte reduction, waited for one
+    step later (``asyncsgd/stopping.py``).
 
 ``ideal``
     the same dependencies and nothing else: no copies, no stop flag, one
-    reduction per layer, a preemptive link that always serves the reduction
-    needed soonest (earliest-deadline-first), and no CPU taken from compute.
-    It is the lower bound for the strategy's dependencies; for
-    ``layerwise(forward)`` it equals design.md's bound.
+    reduction per layer (per chunk with priority, whose updates go chunk by
+    chunk), a preemptive link that always serves the reduction needed soonest
+    (earliest-deadline-first), and no CPU taken from compute. It is the lower
+    bound for the strategy's dependencies; for ``layerwise(forward)`` it
+    equals design.md's bound, :func:`layerwise_bound`.
 
-Rule sets are chosen from a run's config (:func:`ruleset_for`), so when the
-runner's scheduler changes, a new rule set is added beside the old one and
-old runs keep being predicted by the rules they ran with.
+Rule sets are chosen from a run's config (:func:`ruleset_for`): a run made by
+scheduler code this model has no rules for is refused, never predicted by the
+wrong rules.
 """
 from __future__ import annotations
 
 import itertools
 import statistics
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Deque, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..timeline import COMPUTE, WAITS
+from ..timeline import WAITS
 from .profile import Layer, Profile
 from .simulate import Compute, IterationMark, Machine, Reduction, Result, Start, Wait, simulate
 
 AS_IMPLEMENTED = "as_implemented"
 IDEAL = "ideal"
 # What the as_implemented rules follow (update when a new rule set is added for new scheduler code).
-RULESET = {AS_IMPLEMENTED: "asyncsgd/strategies/{layerwise,schedule}.py and comm/mpi.py as of commit 93da2fa",
+RULESET = {AS_IMPLEMENTED: "asyncsgd/strategies/{layerwise,schedule,recording}.py and comm/mpi.py of issue 12 "
+                           "(lanes, chunks, EDF order, chunk-wise updates, MPI Iallreduce polled by its thread)",
            IDEAL: "dependencies only: preemptive earliest-deadline-first link, no copies, no CPU interference"}
 
 DTYPE_BYTES = 4  # gradient element size the chunking splits by (fp32)
 STOP_FLAG_BYTES = 4
+DDP_FIRST_BUCKET_MB = 1.0  # torch's _DEFAULT_FIRST_BUCKET_BYTES, used when bucket_cap_mb is left at None
+DDP_BUCKET_MB = 25.0  # torch's default bucket_cap_mb
 
 
 class ScheduleError(ValueError):
@@ -68,8 +73,8 @@ class StrategySpec:
     wait_at: str = "forward"
     bucket_mb: float = 0.0  # layerwise: MiB per bucket (0 = one per layer); ddp: torch's bucket_cap_mb
     priority: bool = False
-    chunk_mb: float = 1.0
-    credit: int = 8
+    chunk_mb: float = 1.0  # layerwise with priority: MiB per chunk
+    urgent_share: float = 0.1  # layerwise with priority: fraction of the bytes on the urgent lane
     k: int = 1
     fuse: bool = True
     first_bucket_mb: Optional[float] = None  # ddp: None = bucket_mb (what torch does when bucket_cap_mb is passed)
@@ -83,30 +88,41 @@ class StrategySpec:
             return f"delayed(k={self.k})"
         if self.name == "sync" and not self.fuse:
             return "sync(unfused)"
+        if self.name == "ddp" and self.first_bucket_mb is None:
+            return f"ddp({self.bucket_mb:g}MB)"
         return self.name
 
     @classmethod
     def parse(cls, text: str) -> "StrategySpec":
         """``sync``, ``sync_unfused``, ``layerwise`` / ``layerwise_forward``, ``layerwise_step``,
-        ``layerwise_priority``, ``delayed_k1`` (any K), ``ddp``, ``nocomm``, or the benchmark's labels
-        (``layerwise(priority)``, ``delayed(k=2)``)."""
+        ``layerwise_priority``, ``delayed_k1`` (any K), ``ddp`` (torch's default buckets), ``ddp_25mb``
+        (any size), ``nocomm``, or the benchmark's labels (``layerwise(priority)``, ``delayed(k=2)``,
+        ``ddp(4MB)``)."""
         t = text.strip().lower().replace("(", "_").replace(")", "").replace("k=", "k").replace("wait_at=", "")
         t = t.replace("-", "_")
         simple = {
             "sync": cls("sync"), "sync_unfused": cls("sync", fuse=False), "nocomm": cls("nocomm"),
             "layerwise": cls("layerwise"), "layerwise_forward": cls("layerwise"),
             "layerwise_step": cls("layerwise", wait_at="step"),
-            "layerwise_priority": cls("layerwise", priority=True), "ddp": cls("ddp", bucket_mb=25.0),
-            "ddp_default": cls("ddp", bucket_mb=25.0, first_bucket_mb=1.0),
+            "layerwise_priority": cls("layerwise", priority=True),
+            "ddp": cls("ddp", bucket_mb=DDP_BUCKET_MB, first_bucket_mb=DDP_FIRST_BUCKET_MB),
         }
+        simple["ddp_default"] = simple["ddp"]
         if t in simple:
             return simple[t]
         if t.startswith("delayed_k") and t[len("delayed_k"):].isdigit():
             return cls("delayed", k=int(t[len("delayed_k"):]))
         if t == "delayed":
             return cls("delayed", k=1)
+        if t.startswith("ddp_") and t.endswith("mb"):
+            try:
+                mb = float(t[len("ddp_"):-len("mb")])
+            except ValueError:
+                mb = 0.0
+            if mb > 0:
+                return cls("ddp", bucket_mb=mb)
         raise ScheduleError(f"unknown strategy {text!r}; use sync, sync_unfused, layerwise, layerwise_step, "
-                            "layerwise_priority, delayed_k1 (any K), ddp, ddp_default or nocomm")
+                            "layerwise_priority, delayed_k1 (any K), ddp, ddp_4mb (any size) or nocomm")
 
     @classmethod
     def from_config(cls, strategy: dict) -> "StrategySpec":
@@ -115,13 +131,17 @@ class StrategySpec:
         if name == "layerwise":
             return cls("layerwise", wait_at=strategy.get("wait_at", "forward"),
                        bucket_mb=float(strategy.get("bucket_mb", 0.0)), priority=bool(strategy.get("priority", False)),
-                       chunk_mb=float(strategy.get("chunk_mb", 1.0)), credit=int(strategy.get("credit", 8)))
+                       chunk_mb=float(strategy.get("chunk_mb", 1.0)),
+                       urgent_share=float(strategy.get("urgent_share", 0.1)))
         if name == "delayed":
             return cls("delayed", k=int(strategy.get("k", 1)))
         if name == "sync":
             return cls("sync", fuse=bool(strategy.get("fuse", True)))
         if name == "ddp":
-            return cls("ddp", bucket_mb=float(strategy.get("bucket_mb", 25.0)))
+            mb = strategy.get("bucket_mb")
+            if mb is None:  # torch's default layout
+                return cls("ddp", bucket_mb=DDP_BUCKET_MB, first_bucket_mb=DDP_FIRST_BUCKET_MB)
+            return cls("ddp", bucket_mb=float(mb))
         if name == "nocomm":
             return cls("nocomm")
         raise ScheduleError(f"strategy {name!r} has no schedule in the model")
@@ -130,7 +150,10 @@ class StrategySpec:
 def ruleset_for(config: dict) -> str:
     """The rule set that describes a run made with ``config`` (today's code: one)."""
     strategy = config.get("strategy", {}) if isinstance(config.get("strategy"), dict) else {}
-    known = {"name", "wait_at", "bucket_mb", "priority", "chunk_mb", "credit", "k", "drain", "fuse"}
+    if "credit" in strategy:
+        raise ScheduleError("this run was made with the credit scheduler that issue 12 replaced (strategy.credit); "
+                            f"the model's rules follow today's code ({RULESET[AS_IMPLEMENTED]})")
+    known = {"name", "wait_at", "bucket_mb", "priority", "chunk_mb", "urgent_share", "k", "drain", "fuse"}
     new = sorted(set(strategy) - known)
     if new:
         raise ScheduleError(f"strategy keys {', '.join(new)} come from scheduler code this model has no rules for "
@@ -154,27 +177,31 @@ class Plan:
         self.total_bytes = self.profile.nbytes
         self.update_all_s = self.profile.update_all_s
 
+    @property
+    def max_inflight(self) -> int:
+        """What the communicator keeps in flight per channel, as the strategy reads it
+        (``getattr(comm, "max_inflight", 2)``: MPI's thread has the setting, gloo does not)."""
+        return self.network.channels if getattr(self.network, "channel_priority", False) else 2
+
     def copy_s(self, nbytes: float) -> float:
         return 0.0 if self.ideal else nbytes * self.profile.get("copy_s_per_byte")
 
     def scale_s(self, nbytes: float) -> float:
         return 0.0 if self.ideal else nbytes * self.profile.get("scale_s_per_byte")
 
-    def zero_s(self, nbytes: float) -> float:
-        """Zeroing ``nbytes`` of gradients: the profile's zero_grad_s, pro rata."""
-        if self.ideal:
-            return 0.0
-        return self.profile.get("zero_grad_s") * nbytes / max(1, self.total_bytes)
-
     def update_s(self, layers: List[Layer]) -> float:
-        """Updating these layers alone (layerwise per bucket)."""
-        total = sum(l.update_s for l in layers)
-        if total == 0 and self.profile.get("update_all_s"):  # only a whole-model figure: share it by bytes
-            total = self.profile.get("update_all_s") * sum(l.nbytes for l in layers) / max(1, self.total_bytes)
-        return total
+        """Updating these layers alone."""
+        return sum(self.update_part_s(l, l.nbytes) for l in layers)
+
+    def update_part_s(self, layer: Layer, nbytes: float) -> float:
+        """Updating ``nbytes`` of ``layer``'s parameters (SGD is element-wise: its time pro rata); a
+        profile with only a whole-model figure shares that by bytes."""
+        if layer.update_s == 0 and self.profile.get("update_all_s"):
+            return self.profile.get("update_all_s") * nbytes / max(1, self.total_bytes)
+        return layer.update_s * nbytes / max(1, layer.nbytes)
 
     def reduction(self, label: str, nbytes: float, step: int, grad_step: int, urgency: Tuple = (),
-                  average: bool = True) -> Reduction:
+                  average: bool = True, channel: int = 0) -> Reduction:
         key = (nbytes, average)
         if key not in self._costs:
             p = self.world_size
@@ -186,14 +213,15 @@ class Plan:
                 cpu += self.scale_s(nbytes)
             self._costs[key] = (link, 0.0 if self.ideal else cpu)
         link, cpu = self._costs[key]
-        return Reduction(label, nbytes, link, cpu, step, grad_step, urgency)
+        return Reduction(label, nbytes, link, cpu, step, grad_step, urgency, channel)
 
     def machine(self) -> Machine:
         net = self.network
         if self.ideal:
             return Machine(cpu=self.cpu, channels=1, preemptive=True, cpu_contention=False)
-        return Machine(cpu=self.cpu, channels=net.channels, efficiency=net.efficiency, cpu_share=net.cpu_share,
-                       cpu_poll=net.cpu_poll, cpu_poll_gate=net.cpu_poll_gate)
+        return Machine(cpu=self.cpu, channels=net.channels, channel_priority=getattr(net, "channel_priority", False),
+                       efficiency=net.efficiency, cpu_share=net.cpu_share, cpu_poll=net.cpu_poll,
+                       cpu_poll_gate=net.cpu_poll_gate)
 
 
 # ---------------------------------------------------------------------- the training loop
@@ -201,6 +229,7 @@ class Worker:
     """train.py's loop with the strategy's hooks; subclasses are the strategies."""
 
     lag = 1  # the stop flag is read this many steps after it was issued
+    carries_stop_flag = False  # a reduction of the strategy's own carries it (StopFlagSlot): no reduction of its own
 
     def __init__(self, plan: Plan, spec: StrategySpec):
         self.plan, self.spec = plan, spec
@@ -253,8 +282,9 @@ class Worker:
         yield Compute(self.plan.update_all_s, "update", "update", track=WAITS)
 
     def stop_flag(self, step: int):
-        """asyncsgd/stopping.py: a 1-element sum per step boundary, read ``lag`` steps later."""
-        if self.plan.ideal or self.p <= 1:
+        """asyncsgd/stopping.py: without a slot in a reduction of the strategy's, a 1-element sum per
+        step boundary, read ``lag`` steps later."""
+        if self.plan.ideal or self.p <= 1 or self.carries_stop_flag:
             return
         flag = self.plan.reduction("stop flag", STOP_FLAG_BYTES, step, step, average=False)
         yield Start(flag)
@@ -263,10 +293,16 @@ class Worker:
             yield Wait(self._flags.popleft(), "wait stop flag", phase="between")
 
     # -- shared pieces --------------------------------------------------------------
-    def wait(self, r: Reduction, name: str, phase: str = "comm_wait"):
-        """Strategy._wait: block on the handle; gloo then divides by P on this thread."""
+    @property
+    def flag_bytes(self) -> int:
+        """What the stop flag adds to the reduction that carries it (the ideal has none)."""
+        return 0 if self.plan.ideal else STOP_FLAG_BYTES
+
+    def wait(self, r: Reduction, name: str, phase: str = "comm_wait", averaged: bool = True):
+        """Strategy._wait: block on the handle; for an averaging reduction gloo then divides by P on
+        this thread (MPI on its communication thread, in the reduction's cost)."""
         yield Wait(r, f"wait {name}", phase=phase)
-        if self.plan.network.scale_on_worker and self.p > 1:
+        if averaged and self.plan.network.scale_on_worker and self.p > 1:
             yield Compute(self.plan.scale_s(r.nbytes), f"average {name}", phase, track=-1)
 
 
@@ -275,14 +311,22 @@ class NoComm(Worker):
 
 
 class Sync(Worker):
+    """sync.py: fused, the gradients are views of one flat buffer (+ the stop flag), summed in place by one
+    reduction and multiplied by 1/P on the training thread; unfused, one averaging reduction per tensor."""
+
+    @property
+    def carries_stop_flag(self) -> bool:
+        return self.spec.fuse
+
     def synchronize(self, step: int):
         plan, nbytes = self.plan, self.plan.total_bytes
+        if self.p <= 1:
+            return
         if self.spec.fuse:
-            yield Compute(plan.copy_s(nbytes), "flatten", "comm_wait", track=-1)
-            r = plan.reduction("all", nbytes, step, step)
+            r = plan.reduction("all", nbytes + self.flag_bytes, step, step, average=False)
             yield Start(r)
-            yield from self.wait(r, "all")
-            yield Compute(plan.copy_s(nbytes), "unflatten", "comm_wait", track=-1)
+            yield from self.wait(r, "all", averaged=False)
+            yield Compute(plan.scale_s(nbytes), "average all", "comm_wait", track=-1)
             return
         handles = []
         for t, nb in enumerate(t for layer in self.layers for t in layer.tensors):
@@ -294,7 +338,10 @@ class Sync(Worker):
 
 
 class Delayed(Worker):
-    """delayed.py: the gradient of step t is reduced in the background and applied at step t+K."""
+    """delayed.py: the gradient of step t is copied into a buffer (+ the stop flag), summed in the
+    background and, at step t+K, copied back into the gradients scaled by 1/P and applied."""
+
+    carries_stop_flag = True
 
     def __init__(self, plan: Plan, spec: StrategySpec):
         super().__init__(plan, spec)
@@ -307,23 +354,25 @@ class Delayed(Worker):
 
     def synchronize(self, step: int):
         nbytes = self.plan.total_bytes
-        yield Compute(self.plan.copy_s(nbytes), "flatten", "comm_wait", track=-1)
-        r = self.plan.reduction(f"step {step}", nbytes, step, step, urgency=(step,))
+        yield Compute(self.plan.copy_s(nbytes), "copy into buffer", "comm_wait", track=-1)
+        r = self.plan.reduction(f"step {step}", nbytes + self.flag_bytes, step, step, urgency=(step,), average=False)
         yield Start(r)
         self.in_flight.append(r)
 
     def step(self, step: int):
         if len(self.in_flight) > self.spec.k:
             r = self.in_flight.popleft()
-            yield from self.wait(r, f"step {r.grad_step}")
-            yield Compute(self.plan.copy_s(r.nbytes), "unflatten", "update", track=-1)
+            yield from self.wait(r, f"step {r.grad_step}", averaged=False)
+            yield Compute(self.plan.copy_s(r.nbytes), "copy back, scaled by 1/P", "update", track=-1)
             yield Compute(self.plan.update_all_s, f"update with gradient of step {r.grad_step}", "update",
                           track=WAITS)
 
 
 # ---------------------------------------------------------------------- layer-wise
 def layer_buckets(layers: List[Layer], bucket_mb: float) -> List[List[int]]:
-    """layerwise.py's buckets: layer indices (forward order inside), listed in backward order."""
+    """layerwise.py's buckets: layer indices (forward order inside), listed in gradient-ready order
+    (backward's). A layer's parameters share a bucket; with ``bucket_mb`` a bucket takes the next
+    layer while it holds less than that (DDP's close-at-cap rule)."""
     limit = bucket_mb * 2 ** 20
     groups: List[List[int]] = []
     size = 0.0
@@ -355,134 +404,274 @@ def ddp_buckets(layers: List[Layer], cap_mb: float, first_mb: Optional[float]) -
     return buckets
 
 
+@dataclass
+class ChunkSpec:
+    """One chunk of a bucket's reduction: its elements, and the layers' bytes its update covers."""
+
+    elements: int
+    parts: List[Tuple[int, int]]  # (layer index, bytes of that layer's parameters in this chunk)
+
+
+@dataclass
+class BucketSpec:
+    """What layerwise.py's ``_build`` makes of one bucket."""
+
+    index: int
+    layers: List[int]  # forward order
+    label: str
+    nbytes: int
+    copied: int  # bytes copied into the flat buffer at launch (gradients of at most one chunk)
+    chunks: List[ChunkSpec]
+    carries_flags: bool
+
+
+def layerwise_plan(layers: List[Layer], spec: StrategySpec) -> Tuple[List[BucketSpec], List[int], List[List[int]]]:
+    """layerwise.py's ``_build`` on a profile: buckets in gradient-ready order with their chunks (the flat
+    buffer of the small gradients, plus the flags in the bucket the next forward needs first, then each
+    larger gradient in chunks of ``chunk_mb``), the use order, and ``make_plan``'s lanes."""
+    from ..strategies.layerwise import FLAGS
+    from ..strategies.schedule import make_plan
+
+    groups = layer_buckets(layers, spec.bucket_mb)
+    use_order = sorted(range(len(groups)), key=lambda b: (min(groups[b]), b))
+    chunk_bytes = int(spec.chunk_mb * 2 ** 20) if spec.priority else 0
+    per = max(1, chunk_bytes // DTYPE_BYTES) if chunk_bytes else 0
+    buckets = []
+    for b, members in enumerate(groups):
+        carries = b == use_order[0]
+        # parameters in the order backward finished them: later layers first, a layer's tensors reversed
+        tensors = [(i, t) for i in sorted(members, reverse=True) for t in reversed(layers[i].tensors)]
+        small = [(i, t) for i, t in tensors if not (chunk_bytes and t > chunk_bytes)]
+        chunks = []
+        copied = sum(t for _, t in small)
+        flat = copied // DTYPE_BYTES + (FLAGS if carries else 0)
+        if flat:
+            parts: Dict[int, int] = {}
+            for i, t in small:
+                parts[i] = parts.get(i, 0) + t
+            chunks.append(ChunkSpec(flat, list(parts.items())))
+        for i, t in tensors:
+            if chunk_bytes and t > chunk_bytes:
+                n = t // DTYPE_BYTES
+                chunks += [ChunkSpec(min(per, n - a), [(i, min(per, n - a) * DTYPE_BYTES)]) for a in range(0, n, per)]
+        label = "+".join(layers[i].name for i in members)
+        buckets.append(BucketSpec(b, members, label, sum(layers[i].nbytes for i in members), copied, chunks, carries))
+    lanes = make_plan([bk.nbytes for bk in buckets], list(range(len(buckets))), use_order, spec.priority,
+                      spec.urgent_share)
+    return buckets, use_order, lanes
+
+
 class RecordedScheduler:
     """``asyncsgd/strategies/schedule.py``'s ReductionScheduler itself, its start/wait turned into ops.
 
     The real scheduler decides only at points every rank passes in the same order and
     never from timing (its module says why), so running a decision with callbacks that
     *record* the starts and waits, then handing those ops to the simulation in the same
-    order, is the same schedule the runner makes. Its chunks are slices of a meta
-    tensor: shapes without memory.
+    order, is the same schedule the runner makes. Its chunks are meta tensors: shapes
+    without memory. Its handles are the simulation's reductions, so ``carried`` (which
+    asks them whether they are done) reads the simulated link as the strategy reads the
+    real one.
     """
 
-    def __init__(self, worker: "Layerwise", priority: bool, chunk_bytes: int, credit: int):
+    def __init__(self, worker: "Layerwise", lanes):
         from ..strategies.schedule import ReductionScheduler
 
         self.w = worker
         self._ops: List[object] = []
-        self.real = ReductionScheduler(self._start, self._wait, priority=priority, chunk_bytes=chunk_bytes,
-                                       credit=credit)
+        self.real = ReductionScheduler(self._start, self._wait, lanes)
 
-    def _start(self, tensor, label: str, step: int) -> Reduction:
+    def _start(self, tensor, label: str, grad_step: int, lane: int) -> Reduction:
         nbytes = tensor.numel() * tensor.element_size()
-        r = self.w.plan.reduction(label[len("allreduce "):], nbytes, self.w.current_step, step)
+        r = self.w.plan.reduction(label[len("allreduce "):], nbytes, self.w.current_step, grad_step, average=False,
+                                  channel=lane)
         self._ops.append(Start(r))
         return r
 
     def _wait(self, handle: Reduction, label: str) -> None:
-        self._ops.extend(self.w.wait(handle, label))
+        self._ops.extend(self.w.wait(handle, label, averaged=False))
 
     def _flush(self):
         ops, self._ops = self._ops, []
         yield from ops
 
-    def submit(self, nbytes: int, label: str, urgency: int, step: int):
-        import torch
-
-        job = self.real.submit(torch.empty(max(1, nbytes // DTYPE_BYTES), device="meta"), label, urgency, step)
-        yield from self._flush()
-        return job
-
-    def pump(self):
-        self.real.pump()
+    def submit(self, job):
+        self.real.submit(job)
         yield from self._flush()
 
-    def complete(self, job):
-        self.real.complete(job)
+    def wait(self, chunk):
+        self.real.wait(chunk)
         yield from self._flush()
 
 
 class Layerwise(Worker):
-    """layerwise.py: a bucket's reduction starts when its last gradient is ready; each bucket is
-    waited for and updated in the next forward's pre-hook (wait_at=forward) or after backward."""
+    """layerwise.py: a bucket's reduction is submitted when its last gradient is ready; each bucket is
+    waited for and updated chunk by chunk in the next forward's pre-hook of the layer that first uses
+    it (wait_at=forward), or after backward (wait_at=step). The first step reduces everything after
+    backward and updates at once; with priority, steps 1-4 measure how far the link had got when each
+    bucket of lane 1 was ready and lane 1 follows earliest-deadline-first chunk order from step 5."""
+
+    carries_stop_flag = True
 
     def __init__(self, plan: Plan, spec: StrategySpec):
+        from ..strategies.layerwise import CALIBRATION_STEPS
+        from ..strategies.schedule import chunk_items
+
         super().__init__(plan, spec)
-        self.buckets = layer_buckets(self.layers, spec.bucket_mb)  # backward order
-        self.bucket_of = {i: b for b, members in enumerate(self.buckets) for i in members}
-        self._labels = ["+".join(self.layers[i].name for i in members) for members in self.buckets]
-        self._bytes = [sum(self.layers[i].nbytes for i in members) for members in self.buckets]
-        self.ready = [0] * len(self.buckets)
-        self.jobs: Dict[int, object] = {}  # bucket -> job (as_implemented) or Reduction (ideal)
-        self.launched: List[int] = []
+        self.calibration_steps = CALIBRATION_STEPS
+        self.specs, self.use_order, self.lanes = layerwise_plan(self.layers, spec)
+        self.bucket_of = {i: b.index for b in self.specs for i in b.layers}
+        self.waits_at: Dict[int, List[int]] = {}  # layer -> buckets waited for in its forward pre-hook, in use order
+        for b in self.use_order:
+            self.waits_at.setdefault(min(self.specs[b].layers), []).append(b)
+        self.ready = [0] * len(self.specs)
+        self.jobs: Dict[int, object] = {}  # bucket -> schedule.Job (as implemented) or its Reductions (ideal)
         self.current_step = 0
-        self.scheduler = RecordedScheduler(self, spec.priority, int(spec.chunk_mb * 2 ** 20), spec.credit)
+        self.scheduler = None
+        if not plan.ideal:
+            self.scheduler = RecordedScheduler(self, [chunk_items(lane, {b: len(self.specs[b].chunks) for b in lane})
+                                                      for lane in self.lanes])
+        # lanes after the first: bytes of the lane carried when each bucket (but the lane's first) was ready
+        self.carried: Dict[int, List[float]] = {b: [] for lane in self.lanes[1:] for b in lane[1:]}
+        self.reorders = bool(self.carried)  # lane 1's chunk order changes after the calibration steps
+
+    @property
+    def warmup(self) -> int:
+        return self.calibration_steps + 3 if self.reorders else 4
 
     def label(self, b: int) -> str:
-        return self._labels[b]
-
-    def nbytes(self, b: int) -> int:
-        return self._bytes[b]
+        return self.specs[b].label
 
     def zero_grad(self, step: int):
+        # layerwise.zero_grad sets p.grad = None: autograd makes new gradients, nothing is zeroed
         self.current_step = step
-        yield from super().zero_grad(step)
+        return
+        yield
 
     def before_forward(self, i: int, step: int):
         if self.spec.wait_at != "forward":
             return
-        b = self.bucket_of[i]
-        if b in self.jobs:
-            yield from self.apply(b)
-        if not self.plan.ideal:
-            yield from self.scheduler.pump()
+        for b in self.waits_at.get(i, []):
+            if b in self.jobs:
+                yield from self.apply(b)
 
     def after_backward(self, i: int, step: int):
+        if step == 0 and not self.plan.ideal:
+            return  # the first step is observed; its reductions start after backward
         b = self.bucket_of[i]
         self.ready[b] += 1
-        if self.ready[b] == len(self.buckets[b]):
+        if self.ready[b] == len(self.specs[b].layers):
             yield from self.launch(b, step)
 
-    def launch(self, b: int, step: int):
+    def launch(self, b: int, step: int, in_backward: bool = True):
         self.ready[b] = 0
-        nbytes = self.nbytes(b)
+        bucket = self.specs[b]
         if self.plan.ideal:
-            # needed soonest = oldest gradient, then earliest layer of the next forward
-            r = self.plan.reduction(self.label(b), nbytes, step, step, urgency=(step, min(self.buckets[b])))
-            yield Start(r)
-            self.jobs[b] = r
-        else:
-            yield Compute(self.plan.copy_s(nbytes), f"flatten {self.label(b)}", "backward", track=-1)
-            self.jobs[b] = yield from self.scheduler.submit(nbytes, self.label(b), len(self.buckets) - b, step)
-        self.launched.append(b)
-
-    def complete(self, b: int, phase: str):
-        """_complete: wait for the bucket's chunks, then unflatten (booked to ``phase``: the pre-hook's
-        forward, or synchronize's comm_wait)."""
-        job = self.jobs.pop(b)
-        self.launched.remove(b)
-        if self.plan.ideal:
-            yield Wait(job, f"wait {self.label(b)}")
+            # needed soonest = oldest gradient, then earliest in the next forward, then chunk order
+            deadline = self.use_order.index(b)
+            self.jobs[b] = []
+            for c, chunk in enumerate(bucket.chunks):
+                # the gradient's bytes only (no flags); a chunk of flags alone is not reduced
+                r = None
+                if chunk.parts:
+                    r = self.plan.reduction(f"{bucket.label} [{c + 1}]", sum(n for _, n in chunk.parts), step, step,
+                                            urgency=(step, deadline, c))
+                    yield Start(r)
+                self.jobs[b].append(r)
             return
-        yield from self.scheduler.complete(job)
-        yield Compute(self.plan.copy_s(self.nbytes(b)), f"unflatten {self.label(b)}", phase, track=-1)
+        import torch
+
+        from ..strategies.schedule import Chunk, Job
+
+        if bucket.copied:
+            yield Compute(self.plan.copy_s(bucket.copied), f"fill buffer {bucket.label}", "backward", track=-1)
+        many = len(bucket.chunks) > 1
+        job = Job(b, bucket.label, step, [
+            Chunk(torch.empty(chunk.elements, device="meta"),
+                  f"{bucket.label} [{c + 1}/{len(bucket.chunks)}]" if many else bucket.label)
+            for c, chunk in enumerate(bucket.chunks)])
+        if in_backward and 1 <= step <= self.calibration_steps and b in self.carried:
+            self.carried[b].append(self.scheduler.real.carried(self.scheduler.real.lane_of[b]))
+        self.jobs[b] = job
+        yield from self.scheduler.submit(job)
 
     def apply(self, b: int):
-        yield from self.complete(b, "forward")
-        layers = [self.layers[i] for i in self.buckets[b]]
-        yield Compute(self.plan.update_s(layers), f"update {self.label(b)}", "update", track=WAITS)
-        yield Compute(self.plan.zero_s(self.nbytes(b)), f"zero {self.label(b)}", "forward", track=-1)
+        """_apply: wait for each chunk, then update what it holds (SGD is element-wise)."""
+        job = self.jobs.pop(b)
+        bucket = self.specs[b]
+        chunks = job if self.plan.ideal else job.chunks
+        for chunk, spec in zip(chunks, bucket.chunks):
+            if self.plan.ideal:
+                if chunk is None:
+                    continue
+                yield Wait(chunk, f"wait {chunk.label}")
+            else:
+                yield from self.scheduler.wait(chunk)
+            if spec.parts:  # (the flat buffer may hold only the flags)
+                seconds = sum(self.plan.update_part_s(self.layers[i], nbytes) for i, nbytes in spec.parts)
+                yield Compute(seconds, f"update {chunk.label}", "update", track=WAITS)
 
     def synchronize(self, step: int):
-        if self.spec.wait_at == "step":
-            for b in list(self.launched):
-                yield from self.complete(b, "comm_wait")
-        if not self.plan.ideal:
-            yield from self.scheduler.pump()
+        first = step == 0 and not self.plan.ideal
+        if first:  # the plan is made now; the observed step's reductions start in bucket (ready) order
+            for b in range(len(self.specs)):
+                yield from self.launch(b, step, in_backward=False)
+        if self.carried and step == self.calibration_steps:
+            self.calibrate()
+        if self.spec.wait_at == "step" or first:
+            for b in self.use_order:
+                if b in self.jobs:
+                    yield from self.apply(b)
+
+    def calibrate(self) -> None:
+        """_calibrate: rank 0's medians -> earliest-deadline-first chunk order on the lanes after the first."""
+        from ..strategies.schedule import edf_order
+
+        carried = {b: statistics.median(v) for b, v in self.carried.items() if v}
+        self.carried = {}
+        if not carried:
+            return
+        deadline = {b: position for position, b in enumerate(self.use_order)}
+        ahead = self.plan.max_inflight * self.spec.chunk_mb * 2 ** 20
+        sizes = {b.index: [c.elements * DTYPE_BYTES for c in b.chunks] for b in self.specs}
+        lanes = [self.scheduler.real.lanes[0]] + [edf_order(lane, {b: sizes[b] for b in lane}, deadline, carried, ahead)
+                                                  for lane in self.lanes[1:]]
+        self.scheduler.real.replan(lanes)
 
     def step(self, step: int):
-        if self.spec.wait_at == "step":
-            yield Compute(self.plan.update_all_s, "update", "update", track=WAITS)
+        return  # every update happens in the waits
+        yield
+
+
+def layerwise_bound(forward: Sequence[float], backward: Sequence[float], update: Sequence[float],
+                    comm: Sequence[float], before: float = 0.0, after: float = 0.0) -> float:
+    """design.md's bound for ``layerwise(wait_at=forward)`` (issue 12), layers in forward order:
+
+        T >= max_i [ sum_{j>=i}(f_j+b_j+u_j) + max( sum_{j<i}(f_j+b_j+u_j), sum_{j<=i} c_j ) ]
+
+    Between layer i's gradient being ready and the same point one step later, the compute of the
+    layers before i (and ``before``: the step's work outside the layers ahead of the first forward,
+    data and bookkeeping) can run while the reductions of layers 1..i travel on the one link, all of
+    which must arrive before layer i's forward; u_i and the forward and backward of layers i..n
+    (and ``after``: the loss) follow. ``comm[i]``: layer i's reduction alone on the link.
+    """
+    n = len(forward)
+    if not n or not len(backward) == len(update) == len(comm) == n:
+        raise ValueError("forward, backward, update and comm need one value per layer, at least one layer")
+    work = [f + b + u for f, b, u in zip(forward, backward, update)]
+    return max(sum(work[i:]) + after + max(sum(work[:i]) + before, sum(comm[:i + 1])) for i in range(n))
+
+
+def layerwise_bound_for(profile: Profile, network, world_size: int) -> float:
+    """:func:`layerwise_bound` of a profile over a network: c_i = one allreduce of layer i's gradient
+    alone; the step's data and bookkeeping come before the first layer's forward, the loss after the
+    last (layerwise's zero_grad only drops references)."""
+    layers = profile.layers
+    plan = Plan(profile, network, world_size, ideal=True)
+    return layerwise_bound([l.forward_s for l in layers], [l.backward_s for l in layers],
+                           [plan.update_part_s(l, l.nbytes) for l in layers],
+                           [network.allreduce_s(l.nbytes, world_size) for l in layers],
+                           before=profile.get("data_s") + profile.get("between_s"),
+                           after=profile.get("loss_s"))
 
 
 class DDP(Worker):

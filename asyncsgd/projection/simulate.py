@@ -9,10 +9,15 @@ channels and share the link. What happens when is decided by a fluid model:
 - the training thread runs ``Compute`` ops one after the other; ``Start``
   hands a :class:`Reduction` to the backend and returns at once; ``Wait``
   blocks until the reduction is done;
-- the backend starts queued reductions in order while fewer than
-  ``channels`` run (MPI's communication thread: one; gloo: its worker
-  threads), or, with ``preemptive`` (the ideal), always serves the most urgent
-  ready reduction at the link's full rate;
+- a reduction goes on one of the communicator's channels (independent
+  sequences of collectives: a gloo process group, a duplicated MPI
+  communicator); each channel starts its queued reductions in order while
+  fewer than ``channels`` of its own run (MPI's communication thread:
+  ``backend.max_inflight``; gloo: its worker threads). With
+  ``channel_priority`` (MPI's thread) a channel starts a new reduction only
+  while every channel before it has nothing queued or running. With
+  ``preemptive`` (the ideal) the link always serves the most urgent ready
+  reduction at its full rate;
 - ``k`` reductions running together share the link, each getting
   ``efficiency(k) / k`` of it; a reduction alone takes ``link_s``;
 - a reduction's thread also wants CPU: ``cpu_s`` CPU seconds of work spread
@@ -64,6 +69,7 @@ class Reduction:
     step: int = 0  # the iteration that started it
     grad_step: int = 0  # the iteration whose gradient it carries
     urgency: Tuple = ()  # preemptive backends serve the smallest first
+    channel: int = 0  # the communicator's channel it is issued on
     # filled in by the simulation
     queued_at: Optional[float] = None
     started_at: Optional[float] = None
@@ -73,6 +79,10 @@ class Reduction:
     @property
     def done(self) -> bool:
         return self.done_at is not None
+
+    def is_completed(self) -> bool:
+        """The backend handle's question (asked by the real scheduler's ``carried``): done by now?"""
+        return self.done
 
 
 @dataclass
@@ -105,7 +115,8 @@ class Machine:
     """What one worker has: cores for its threads, and how its backend runs reductions."""
 
     cpu: float = 1.0  # cores this worker's threads share (cores / workers on a shared host)
-    channels: int = 1  # reductions run at once
+    channels: int = 1  # reductions run at once on each channel of the communicator
+    channel_priority: bool = False  # a channel starts new reductions only while the ones before it are idle
     efficiency: Callable[[int], float] = lambda k: 1.0  # fraction of the link k concurrent reductions get
     preemptive: bool = False  # ideal link: most urgent ready reduction first, at full rate
     cpu_contention: bool = True  # False: reductions need no CPU (the ideal)
@@ -154,9 +165,15 @@ class Result:
         Differs from :attr:`iter_s` when iterations alternate (two reductions in flight on two
         channels make long and short iterations in turn: the median then picks one of them).
         """
-        starts = [begin for begin, _ in self.iterations]
-        if len(starts) - self.warmup >= 2:
-            return (starts[-1] - starts[self.warmup]) / (len(starts) - 1 - self.warmup)
+        starts = [begin for begin, _ in self.iterations][self.warmup:]
+        intervals = len(starts) - 1
+        if intervals >= 2:
+            # an even number of intervals: a pattern of long and short iterations in turn counts
+            # each kind equally often
+            intervals -= intervals % 2
+            return (starts[-1] - starts[-1 - intervals]) / intervals
+        if intervals == 1:
+            return starts[1] - starts[0]
         return self.iter_s
 
     def phase_s(self, phase: str) -> float:
@@ -223,10 +240,15 @@ class Simulation:
     def _start_queued(self) -> None:
         if self.m.preemptive:
             return  # the ideal serves from the queue directly
-        while self.queue and len(self.running) < self.m.channels:
-            r = self.queue.pop(0)
-            r.started_at = self.now
-            self.running.append(r)
+        for channel in sorted({r.channel for r in self.queue + self.running}):
+            running = sum(1 for r in self.running if r.channel == channel)
+            queued = [r for r in self.queue if r.channel == channel]
+            for r in queued[:max(0, self.m.channels - running)]:
+                self.queue.remove(r)
+                r.started_at = self.now
+                self.running.append(r)
+            if self.m.channel_priority and (running or queued):
+                break  # MPI's communication thread: channel 0 first (comm/mpi.py, _serve)
 
     def _active(self) -> List[Reduction]:
         if not self.m.preemptive:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -120,6 +120,9 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
         spec = StrategySpec.from_config(config["strategy"])
         rules = ruleset_for(config)
         net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
+        if backend == "mpi" and flat.get("backend.progress", "thread") == "thread" and flat.get("backend.max_inflight"):
+            # the run's own setting: how many reductions its communication thread kept in flight per channel
+            net = replace(net, channels=int(flat["backend.max_inflight"]), channel_priority=True)
         steps = int(flat.get("train.max_steps") or meta.get("steps") or 20)
         warmup = min(int(flat.get("train.warmup_steps") or 0), steps - 1)
         world = int(meta["world_size"])
@@ -168,7 +171,7 @@ def _strategy_config(label: str) -> dict:
     config: dict = {"name": name}
     for item in filter(None, (x.strip() for x in rest.rstrip(")").split(","))):
         key, _, value = item.partition("=")
-        config[key] = {"true": True, "false": False}.get(value, value)
+        config[key] = {"true": True, "false": False, "None": None, "null": None}.get(value, value)
         for cast in (int, float):
             try:
                 config[key] = cast(value)

@@ -158,9 +158,11 @@ def test_nan_stops_the_run_naming_the_step(workdir, backend):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", [["strategy=sync"], ["strategy=delayed", "strategy.k=1"]])
+@pytest.mark.parametrize("strategy", [["strategy=sync"], ["strategy=delayed", "strategy.k=1"], ["strategy=layerwise"],
+                                      ["strategy=layerwise", "strategy.priority=true", "strategy.chunk_mb=0.01"]])
 def test_nan_is_skipped_on_every_rank_and_counted(workdir, strategy):
-    """Rank 1's loss becomes NaN at step 5: both ranks skip that one update, the run goes on."""
+    """Rank 1's loss becomes NaN at step 5: both ranks skip that one update (the whole step, every
+    layer), count it once, and the run goes on."""
     run_dir = workdir / "run"
     result = run_cli([*SHORT, *strategy, "train.nonfinite=skip", "fault.rank=1", "fault.step=5", "fault.kind=nan",
                       f"hydra.run.dir={run_dir}"], cwd=workdir)
@@ -168,7 +170,8 @@ def test_nan_is_skipped_on_every_rank_and_counted(workdir, strategy):
     summary = read_summary(run_dir)
     assert summary["status"] == "complete" and summary["skipped_updates"] == 1
     rows = _rows(run_dir)
-    applied_at = 5 + (1 if "strategy=delayed" in strategy else 0)  # delayed applies step 5's gradient at step 6
+    # delayed applies step 5's gradient at step 6, layerwise in step 6's forward
+    applied_at = 5 + (0 if "strategy=sync" in strategy else 1)
     assert [int(r["skipped_updates"]) for r in rows] == [0] * applied_at + [1] * (12 - applied_at)
     final = torch.load(run_dir / "model_final.pt", weights_only=True)
     assert all(bool(torch.isfinite(t).all()) for t in final.values())

@@ -53,25 +53,36 @@ def test_layerwise_reductions_start_during_backward_and_sync_after_it(workdir):
         assert reduction["ts"] >= max(e["ts"] + e["dur"] for e in backward[step])
 
 
-def _starts(events, grad_step):
-    """Reduction name -> start time, for the reductions of one step's gradient."""
-    return {e["name"]: e["ts"] for e in events
+def _reductions(events, grad_step):
+    """Reduction name -> (channel, start time), for the reductions of one step's gradient."""
+    return {e["name"]: (e["args"]["channel"], e["ts"]) for e in events
             if e["ph"] == "X" and e["tid"] == 1 and e["args"].get("grad_step") == grad_step}
 
 
-def test_priority_sends_the_first_layer_before_the_rest_of_the_larger_ones(workdir):
-    # mlp layers in forward order: "1" (33 KB), "3" (66 KB), "5" (5 KB); 10 KiB chunks, 2 in flight
-    priority = _trace(workdir, "prio", ["strategy=layerwise", "strategy.priority=true",
-                                        "strategy.chunk_mb=0.01", "strategy.credit=2"])
+def test_priority_sends_the_first_layer_on_its_own_channel_and_the_rest_first_ready_first_sent(workdir):
+    # mlp layers in forward order: "1" (33 KB), "3" (66 KB), "5" (5 KB); 10 KiB chunks; 30% of the
+    # 104 KB gradient is urgent: layer "1", the first the next forward needs
+    priority = _trace(workdir, "prio", ["strategy=layerwise", "strategy.priority=true", "strategy.chunk_mb=0.01",
+                                        "strategy.urgent_share=0.3"])
     fifo = _trace(workdir, "fifo", ["strategy=layerwise"])
     for grad_step in (4, 5):
-        starts = _starts(priority, grad_step)
-        first = [t for name, t in starts.items() if name.startswith("allreduce 1 [")]
-        middle = [t for name, t in starts.items() if name.startswith("allreduce 3 [")]
-        assert len(first) == 4 and len(middle) == 7, sorted(starts)
-        # "3" is ready before "1" in backward and gets one chunk out first, but every chunk of "1"
-        # (needed first by the next forward) overtakes the other six
-        assert min(middle) < min(first) and max(first) < sorted(middle)[1]
-        plain = _starts(fifo, grad_step)
+        reductions = _reductions(priority, grad_step)
+        first = sorted((t, ch) for name, (ch, t) in reductions.items() if name.startswith("allreduce 1"))
+        middle = sorted((t, ch) for name, (ch, t) in reductions.items() if name.startswith("allreduce 3"))
+        last = [(t, ch) for name, (ch, t) in reductions.items() if name.startswith("allreduce 5")]
+        # "1" (33 KB) is a buffer with its bias (and the flags) plus its weight in 4 chunks; "3" its bias
+        # plus its weight in 7
+        assert len(first) == 5 and len(middle) == 8 and len(last) == 1, sorted(reductions)
+        assert {ch for _, ch in first} == {0} and {ch for _, ch in middle + last} == {1}
+        if grad_step == 4:  # on lane 1, first ready first sent until the EDF order is measured (from step 5)
+            assert last[0][0] <= middle[0][0]
+        # the next forward waits for the first layer before the middle one
+        waits = [e for e in priority if e["ph"] == "X" and e["tid"] == 2 and e["name"].startswith("wait ")
+                 and e["args"]["step"] == grad_step + 1]
+        names = [e["name"] for e in sorted(waits, key=lambda e: e["ts"])]
+        assert names.index(next(n for n in names if n.startswith("wait 1"))) < \
+            names.index(next(n for n in names if n.startswith("wait 3")))
+        plain = _reductions(fifo, grad_step)
         assert set(plain) == {"allreduce 5", "allreduce 3", "allreduce 1"}
-        assert plain["allreduce 5"] < plain["allreduce 3"] < plain["allreduce 1"]  # first ready, first sent
+        assert plain["allreduce 5"][1] < plain["allreduce 3"][1] < plain["allreduce 1"][1]  # first ready, first sent
+        assert {ch for ch, _ in plain.values()} == {0}

@@ -16,9 +16,9 @@ TOL = 1e-5
 P2 = ["world_size=2", "train.batch_size=16"]
 
 
-# priority scheduling with ~10 KiB chunks and 2 in flight: every layer is cut into several
-# chunks and the first layers' chunks overtake those of later layers (tests/unit/test_schedule.py)
-SCHEDULES = {"fifo": [], "priority": ["strategy.priority=true", "strategy.chunk_mb=0.01", "strategy.credit=2"]}
+# priority scheduling with ~10 KiB chunks: every layer bigger than that is cut into several
+# chunks updated one by one, and the first layers travel on their own lane (tests/unit/test_schedule.py)
+SCHEDULES = {"fifo": [], "priority": ["strategy.priority=true", "strategy.chunk_mb=0.01", "strategy.urgent_share=0.3"]}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -64,12 +64,13 @@ def test_a_sweep_over_links_and_batches():
 def test_ddp_and_layerwise_run_a_bucket_sweep():
     args = parse_args(["--strategies", "sync,layerwise(priority),ddp", "--buckets", "1,4,25"])
     assert list(args.cases) == ["sync", "layerwise(priority)", "layerwise(priority,1MB)", "layerwise(priority,4MB)",
-                                "layerwise(priority,25MB)", "ddp(1MB)", "ddp(4MB)", "ddp(25MB)"]
+                                "layerwise(priority,25MB)", "ddp", "ddp(1MB)", "ddp(4MB)", "ddp(25MB)"]
+    assert args.cases["ddp"] == ["strategy=ddp"]  # torch's default buckets (1 MiB first)
     assert args.cases["ddp(4MB)"] == ["strategy=ddp", "strategy.bucket_mb=4"]
     assert args.cases["layerwise(priority,1MB)"][-1] == "strategy.bucket_mb=1"
     assert "strategy.bucket_mb" not in " ".join(args.cases["layerwise(priority)"])  # per layer, its default
     only_ddp = parse_args(["--strategies", "layerwise(step),ddp", "--buckets", "0.5,25", "--layerwise-buckets", "none"])
-    assert list(only_ddp.cases) == ["layerwise(step)", "ddp(0.5MB)", "ddp(25MB)"]
+    assert list(only_ddp.cases) == ["layerwise(step)", "ddp", "ddp(0.5MB)", "ddp(25MB)"]
     assert expand_cases(["ddp"], [2], [])["ddp(2MB)"][-1] == "strategy.bucket_mb=2"
     assert [family(n) for n in ("ddp(4MB)", "layerwise(priority,4MB)", "layerwise(priority)", "delayed(k=1)")] == [
         "ddp", "layerwise(priority)", "layerwise(priority)", "delayed(k=1)"]
@@ -94,3 +95,20 @@ def test_speedup_over_the_best_ddp_bucket_size():
         in text
     assert "speedup_vs_best_ddp" in text.splitlines()[-len(samples) - 2]  # a column of the table
     assert "speedup_vs_best_ddp" not in summarize({"sync": _runs(100)}).columns  # no DDP, no column
+
+
+def test_layerwise_bound_is_the_schedule_bound_of_issue_12():
+    from asyncsgd.bench import layerwise_bound
+    from asyncsgd.projection.profile import Layer, Profile
+
+    # three layers, forward order; x = f + b + u = 10, 4, 6 ms; bytes 1:2:7 of T_comm = 100 ms
+    layers = [Layer("a", [100], 0.002, 0.006, 0.002), Layer("b", [200], 0.001, 0.002, 0.001),
+              Layer("c", [700], 0.002, 0.003, 0.001)]
+    profile = Profile(layers=layers)
+    # i=1: 20 + max(rest 5, 10) = 30; i=2: 10 + max(5+10, 30) = 40; i=3: 6 + max(5+14, 100) = 106
+    assert layerwise_bound(profile, 0.025, 0.100) == pytest.approx(0.106)
+    # compute-bound: a fast link leaves T_compute (i=1: 20 + max(5, 0.1))
+    assert layerwise_bound(profile, 0.025, 0.001) == pytest.approx(0.025)
+    # the bound never drops below T_compute nor below T_comm
+    for t_comm in (0.001, 0.02, 0.05, 0.3):
+        assert layerwise_bound(profile, 0.025, t_comm) >= max(0.025, t_comm) - 1e-12

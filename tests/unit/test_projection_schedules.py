@@ -3,8 +3,9 @@ schedule must have (asyncsgd/projection/simulate.py, schedules.py).
 
 Toy units: 1000 bytes take 1 ms on the link (alpha = 0, beta = 1 us/byte, P = 2: a
 ring allreduce moves n bytes per worker), compute in ms as written, no copies, no
-loop overheads. The stop flag's 4-byte reduction costs 4 us per step and is the
-only thing that keeps the as-implemented numbers from being round.
+loop overheads. The stop flag travels inside a reduction (4 bytes: 4 us; layerwise's
+flags: 8 bytes, 8 us) and is the only thing that keeps the as-implemented numbers
+from being round.
 """
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ import pytest
 
 from asyncsgd.projection.network import Network
 from asyncsgd.projection.profile import Layer, Profile
-from asyncsgd.projection.schedules import AS_IMPLEMENTED, IDEAL, StrategySpec, ddp_buckets, layer_buckets, predict
+from asyncsgd.projection.schedules import (AS_IMPLEMENTED, IDEAL, Layerwise, Plan, StrategySpec, ddp_buckets,
+                                           layer_buckets, layerwise_bound, layerwise_bound_for, layerwise_plan, predict)
+from asyncsgd.projection.simulate import simulate
 
 MS = 1e-3
 NET = Network("toy", alpha=0.0, beta=1e-6)  # 1000 bytes = 1 ms
+# MPI's communication thread with backend.max_inflight=1: one reduction per channel, channel 0 first
+MPI1 = Network("toy-mpi", alpha=0.0, beta=1e-6, channels=1, channel_priority=True)
 
 
 def toy(f, b, nbytes, u=None) -> Profile:
@@ -67,20 +72,94 @@ def test_layerwise_step_waits_for_all_after_backward():
     assert period(THREE, "layerwise_step", IDEAL) == pytest.approx(17.0)
 
 
-SMALL_FIRST = toy([1, 1], [1, 1], [1000, 8000])  # layer 1: 1 ms of link, layer 2: 8 ms
+SMALL_FIRST = toy([1, 1], [0.5, 1], [1000, 8000])  # layer 1: 1 ms of link, layer 2: 8 ms
 
 
 def test_priority_changes_the_order_and_the_time():
-    # Plain: c2 (released after B2) is on the link 8 ms, c1 queues behind it; F1 waits for
-    # both, then F1 F2 B2 (3 ms) with the link idle: 3 + 9 = 12 ms.
-    assert period(SMALL_FIRST, "layerwise") == pytest.approx(12.0, abs=0.01)
-    # Priority, 1000-byte chunks, credit 1: after B2 one chunk of c2 goes; c1 overtakes the
-    # other seven (more urgent than all in flight). F1 then runs while c2's chunks travel,
-    # F2 waits for the last of them: F1 starts every 1 (c1) + 1 (F1) + 6 (rest of c2) +
-    # F2 B2 B1 (3) = 11 ms -- which is the ideal bound (i=2: 2 + max(2, 9) = 11).
-    prio = StrategySpec("layerwise", priority=True, chunk_mb=1000 / 2**20, credit=1)
-    assert period(SMALL_FIRST, prio) == pytest.approx(11.0, abs=0.01)
+    # Let x be when F2 starts. B2 ends at x+2 (l2 ready), B1 at x+2.5 (l1 ready, 1008 bytes with the
+    # flags); the next iteration starts at x+2.5. Plain, one reduction at a time: l2 x+2..x+10, l1
+    # queues behind it until x+11.008; F1 x+11.008..x+12.008, then F2: 12.008 ms per iteration.
+    assert period(SMALL_FIRST, "layerwise", net=MPI1) == pytest.approx(12.008, abs=1e-6)
+    # Priority, 1000-byte chunks: l1 is lane 0 (urgent_share 0.1 of 9000 bytes: at least the first),
+    # alone on channel 0; l2 goes in 8 chunks on channel 1. At x+2.5 chunk 1 has 500 bytes left and
+    # l1 starts beside it (channel 0 is idle): both at half rate until x+3.5; then channel 1 starts
+    # nothing while channel 0 works (MPI's thread), l1's last 508 bytes end at x+4.008. F1 runs
+    # x+4.008..x+5.008 while chunks 2-8 travel (to x+11.008), F2 waits for them: 11.008 ms.
+    prio = StrategySpec("layerwise", priority=True, chunk_mb=1000 / 2**20)
+    assert period(SMALL_FIRST, prio, net=MPI1) == pytest.approx(11.008, abs=1e-6)
+    # which is the ideal bound (i=2: f2+b2 + max(f1+b1, c1+c2) = 2 + max(1.5, 9) = 11) but for the flags
     assert period(SMALL_FIRST, "layerwise", IDEAL) == pytest.approx(11.0)
+    assert layerwise_bound_for(SMALL_FIRST, NET, 2) / MS == pytest.approx(11.0)
+    # gloo (no channel priority): chunk 2 starts beside l1 at x+3.5, so l1 ends later (x+4.516),
+    # still before F1 needs it... the link never idles, so the period is the same
+    result = predict(SMALL_FIRST, NET, 2, prio).result
+    l1 = [r for r in result.reductions if r.label == "l1" and r.grad_step == 8][0]
+    assert (l1.done_at - l1.started_at) / MS == pytest.approx(2.016, abs=1e-6)
+    assert period(SMALL_FIRST, prio) == pytest.approx(11.008, abs=1e-6)
+
+
+def test_lane_one_is_reordered_earliest_deadline_first_after_calibration():
+    # l1 (500 B) is lane 0; lane 1 in ready order: l3 (4000 B, four 1000-byte chunks), then l2 (1000 B).
+    # In steps 1-4, l2 is ready 0.5 ms after l3, when no chunk of l3 has arrived: carried 0. EDF with
+    # 2 chunks already handed to the backend (ahead = 2 x 1000 B) puts l2 (needed by F2) ahead of
+    # l3's last two chunks (needed by F3) from step 5 on.
+    prof = toy([1, 1, 1], [1, 0.5, 0.5], [500, 1000, 4000])
+    spec = StrategySpec("layerwise", priority=True, chunk_mb=1000 / 2**20)
+    plan = Plan(prof, NET, 2)
+    worker = Layerwise(plan, spec)
+    assert worker.lanes == [[2], [0, 1]]  # buckets in ready order: 0 = l3, 1 = l2, 2 = l1
+    assert [[c.elements for c in b.chunks] for b in worker.specs] == [[250] * 4, [250], [125 + 2]]
+    result = simulate(plan.machine(), worker.program(12), 8)
+    assert worker.scheduler.real.lanes == [[(2, 0)], [(0, 0), (0, 1), (1, 0), (0, 2), (0, 3)]]
+    # before (steps 2-4): l2 after all of l3, F2 waits for it: 8.008 ms; after: 7.008 (B3 ends at y;
+    # l3[1] y..y+1, l3[2] from y+1, l1 beside it from y+1.5 (ends y+2.516), l2 y+2.516..y+3.508, l3's
+    # last two to y+5.508; F1 y+2.516, F2 y+3.516, F3 waits until y+5.508, B3 ends y+7.008)
+    d = [x / MS for x in result.durations]
+    assert d[2:5] == pytest.approx([8.008] * 3, abs=1e-6)
+    assert d[6:] == pytest.approx([7.008] * 6, abs=1e-6)
+
+
+def test_updates_go_chunk_by_chunk():
+    # priority: every chunk is waited for and updated on its own, in the pre-hook of its layer
+    prof = toy([1, 1], [1, 1], [1000, 3000], u=[0.4, 0.3])
+    spec = StrategySpec("layerwise", priority=True, chunk_mb=1000 / 2**20)
+    result = predict(prof, NET, 2, spec, steps=10, warmup=5).result
+    updates = [s for s in result.spans if s.args.get("step") == 7 and s.name.startswith("update")]
+    assert [s.name for s in updates] == ["update l1", "update l2 [1/3]", "update l2 [2/3]", "update l2 [3/3]"]
+    assert [(s.end - s.start) / MS for s in updates] == pytest.approx([0.4, 0.1, 0.1, 0.1])
+
+
+def test_layerwise_plan_follows_layerwise_build():
+    # a bucket's gradients of at most one chunk share its flat buffer (+2 flags in the bucket the next
+    # forward needs first); larger ones are reduced in place in chunks; without priority: no chunks
+    layers = [Layer("a", [4000, 40], 0, 0), Layer("b", [12000, 400], 0, 0)]
+    buckets, use_order, lanes = layerwise_plan(layers, StrategySpec("layerwise", priority=True,
+                                                                    chunk_mb=5000 / 2**20, urgent_share=0.5))
+    assert use_order == [1, 0] and lanes == [[1], [0]]
+    assert [(b.label, b.copied, [c.elements for c in b.chunks]) for b in buckets] == [
+        ("b", 400, [100, 1250, 1250, 500]), ("a", 4040, [1010 + 2])]
+    plain, _, lanes = layerwise_plan(layers, StrategySpec("layerwise"))
+    assert lanes == [[0, 1]] and [[c.elements for c in b.chunks] for b in plain] == [[3100], [1010 + 2]]
+
+
+# ---------------------------------------------------------------------- the bound of issue 12
+def test_layerwise_bound_by_hand():
+    # f, b, u, c in ms; work f+b+u = 3.5, 5.5, 2
+    f, b, u, c = [1, 2, 1], [2, 3, 1], [0.5, 0.5, 0], [1, 5, 2]
+    # i=1: 11 + max(0, 1) = 12; i=2: 7.5 + max(3.5, 6) = 13.5; i=3: 2 + max(9, 8) = 11
+    assert layerwise_bound(f, b, u, c) == pytest.approx(13.5)
+    # with 1 ms of data before the first forward and 0.5 of loss after the last: 12.5, 14, 12.5
+    assert layerwise_bound(f, b, u, c, before=1, after=0.5) == pytest.approx(14.0)
+    # a fast link: the compute (i=1 term, 11 + c1)
+    assert layerwise_bound(f, b, u, [0.1, 0.1, 0.1]) == pytest.approx(11.1)
+    with pytest.raises(ValueError):
+        layerwise_bound(f, b, u, c[:2])
+
+
+def test_layerwise_bound_of_a_profile():
+    prof = toy([1, 2, 1], [2, 3, 1], [1000, 5000, 2000], u=[0.5, 0.5, 0])
+    prof.step = {"data_s": 1 * MS, "loss_s": 0.5 * MS, "zero_grad_s": 9 * MS}  # layerwise drops grads: no zeroing
+    assert layerwise_bound_for(prof, NET, 2) / MS == pytest.approx(14.0)
 
 
 def test_delayed_hides_all_communication_when_compute_is_longer():
@@ -94,12 +173,15 @@ def test_delayed_hides_all_communication_when_compute_is_longer():
 
 
 def test_ddp_buckets_are_torchs():
-    # the CNN of design.md (tensor bytes as torch reports them): with bucket_cap_mb passed (the
-    # runner does) torch makes one 25 MiB bucket; left at its default the first is ~1 MiB
+    # the CNN of design.md (tensor bytes as torch reports them): with bucket_cap_mb passed torch makes
+    # one 25 MiB bucket; left at its default (the runner's strategy.bucket_mb=null) the first is ~1 MiB
     cnn = [Layer("c1", [3456, 128], 0, 0), Layer("c2", [73728, 256], 0, 0), Layer("fc1", [8388608, 2048], 0, 0),
            Layer("fc2", [1048576, 2048], 0, 0), Layer("fc3", [20480, 40], 0, 0)]
     assert [b for b, _ in ddp_buckets(cnn, 25.0, None)] == [9539368]
     assert ddp_buckets(cnn, 25.0, 1.0) == [(1071144, 3), (8468224, 0)]
+    assert StrategySpec.from_config({"name": "ddp", "bucket_mb": None}) == StrategySpec.parse("ddp")
+    assert StrategySpec.parse("ddp").first_bucket_mb == 1.0
+    assert StrategySpec.from_config({"name": "ddp", "bucket_mb": 4}) == StrategySpec("ddp", bucket_mb=4.0)
 
 
 def test_ddp_overlaps_its_first_bucket_with_the_rest_of_backward():
@@ -118,7 +200,7 @@ def random_profile(rng: random.Random, layers: int) -> Profile:
                [rng.uniform(0, 0.5) for _ in range(layers)])
 
 
-NETS = [NET, Network("gloo-like", alpha=1e-4, beta=2e-7, channels=2, concurrent_efficiency={2: 0.8},
+NETS = [NET, MPI1, Network("gloo-like", alpha=1e-4, beta=2e-7, channels=2, concurrent_efficiency={2: 0.8},
                      cpu_s_per_byte=2e-8, cpu_share=0.3, scale_on_worker=True)]
 STRATEGIES = ["sync", "layerwise", "layerwise_step", "layerwise_priority", "delayed_k1", "delayed_k2", "ddp"]
 
@@ -132,7 +214,7 @@ def test_no_strategy_beats_its_ideal(seed):
         for s in STRATEGIES:
             spec = StrategySpec.parse(s)
             if s == "layerwise_priority":
-                spec = StrategySpec("layerwise", priority=True, chunk_mb=1500 / 2**20, credit=2)
+                spec = StrategySpec("layerwise", priority=True, chunk_mb=1500 / 2**20, urgent_share=0.3)
             if s == "ddp":
                 spec = StrategySpec("ddp", bucket_mb=3000 / 2**20)
             assert period(prof, spec, AS_IMPLEMENTED, net) >= period(prof, spec, IDEAL, net) * (1 - 1e-9), (s, net.name)
@@ -198,3 +280,41 @@ def test_polling_takes_cpu_from_compute_but_does_not_slow_the_reduction():
     prof = toy([10, 10], [10, 10], [4000, 4000])
     net = Network("spin", alpha=0.0, beta=1e-6, cpu_poll=1.0, cpu_share=0.25)
     assert period(prof, StrategySpec("delayed", k=1), AS_IMPLEMENTED, net) == pytest.approx(42.0, abs=0.05)
+
+
+def test_layerwise_plan_is_what_the_strategy_builds(comm):
+    # the real strategy's first step on a small convnet (one gloo process) against the model's plan
+    # from the same layers' bytes: the same buckets, chunk sizes (flags included) and lanes
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from asyncsgd.config import LayerwiseConfig
+    from asyncsgd.metrics import PhaseTimer
+    from asyncsgd.projection.measure import _layers
+    from asyncsgd.strategies import make_strategy
+
+    def convnet():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 100), nn.ReLU(),
+                             nn.Linear(100, 10))
+
+    seen = []
+    for cfg in (LayerwiseConfig(priority=True, chunk_mb=1.0, urgent_share=0.1), LayerwiseConfig()):
+        model = convnet()
+        strategy = make_strategy(cfg, comm, PhaseTimer())
+        net = strategy.attach(model, lambda ps: torch.optim.SGD(ps, lr=0.1))
+        F.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.randint(10, (2,))).backward()
+        strategy.synchronize()
+        strategy.close()
+        real = [(b.label, strategy._chunk_sizes(b)) for b in strategy.buckets]
+        layers = [Layer(name, [p.numel() * p.element_size() for p in ps], 0, 0) for name, _, ps in _layers(model)]
+        spec = StrategySpec("layerwise", priority=cfg.priority, chunk_mb=cfg.chunk_mb, urgent_share=cfg.urgent_share)
+        buckets, _, lanes = layerwise_plan(layers, spec)
+        assert [(b.label, [c.elements * 4 for c in b.chunks]) for b in buckets] == real
+        assert lanes == strategy.lanes
+        seen.append((real, lanes))
+    # priority: the big layer's bias in the buffer, its weight in place in 1 MiB chunks; conv first on lane 0
+    assert seen[0] == ([("5", [4040]), ("3", [400, 2**20, 2**20, 2880000 - 2 * 2**20]), ("0", [896 + 8])],
+                       [[2], [0, 1]])
+    assert seen[1] == ([("5", [4040]), ("3", [2880400]), ("0", [896 + 8])], [[0, 1, 2]])  # one buffer each

@@ -3,6 +3,7 @@ config, and the commands' bad-input handling (asyncsgd/projection/validate.py, c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from asyncsgd.projection import cli
 from asyncsgd.projection.network import Network
 from asyncsgd.projection.profile import profile_from_dict
-from asyncsgd.projection.schedules import StrategySpec, predict
+from asyncsgd.projection.presets import load_network
+from asyncsgd.projection.schedules import StrategySpec, layerwise_bound_for, predict
 from asyncsgd.projection.validate import _strategy_config, validate, validate_runs_csv
 
 from ..report_fixtures import make_run
@@ -28,7 +30,7 @@ def _runs(tmp_path):
     expected = {}
     for i, (strategy, measured) in enumerate([({"name": "sync", "fuse": True}, 0.013),
                                              ({"name": "layerwise", "wait_at": "forward", "bucket_mb": 0.0,
-                                               "priority": False, "chunk_mb": 1.0, "credit": 8}, 0.012)]):
+                                               "priority": False, "chunk_mb": 1.0, "urgent_share": 0.1}, 0.012)]):
         make_run(tmp_path / "sweep" / str(i), strategy=strategy, median_iter_s=measured, batch_size=16,
                  train={"max_steps": 10}, extra_config=LINK)
         spec = StrategySpec.from_config(strategy)
@@ -67,6 +69,37 @@ def test_validate_reads_a_runs_csv(tmp_path):
     assert _strategy_config("layerwise(wait_at=forward, priority=true)") == {
         "name": "layerwise", "wait_at": "forward", "priority": True}
     assert _strategy_config("delayed(k=2)") == {"name": "delayed", "k": 2}
+    assert _strategy_config("ddp(bucket_mb=None)") == {"name": "ddp", "bucket_mb": None}
+
+
+def test_runs_of_the_retired_credit_scheduler_are_refused(tmp_path):
+    # a run made before issue 12 (strategy.credit) is not predicted by today's rules
+    make_run(tmp_path / "old", strategy={"name": "layerwise", "wait_at": "forward", "bucket_mb": 0.0,
+                                         "priority": True, "chunk_mb": 1.0, "credit": 8},
+             batch_size=16, train={"max_steps": 10}, extra_config=LINK)
+    make_run(tmp_path / "new", batch_size=16, train={"max_steps": 10}, extra_config=LINK)
+    f = validate([tmp_path], [profile_from_dict(PROFILE)], {"gloo": GLOO}).frame
+    old = f[f["run"].str.endswith("old")].iloc[0]
+    assert "credit scheduler that issue 12 replaced" in old["problem"]
+    assert f[f["run"].str.endswith("new")]["predicted_ms"].notna().all()
+
+
+def test_mpi_runs_keep_their_max_inflight(tmp_path):
+    # MPI's thread keeps backend.max_inflight reductions in flight per channel, channel 0 first: the
+    # run's setting, whatever the calibration measured
+    mpi = Network("mpi-test", alpha=1e-4, rate_bps=1e8, link_efficiency=0.9, channels=1, channel_priority=True)
+    prof = profile_from_dict(PROFILE)
+    spec = {"name": "layerwise", "wait_at": "forward", "bucket_mb": 0.0, "priority": True, "chunk_mb": 0.1,
+            "urgent_share": 0.1}
+    for n in (1, 3):
+        make_run(tmp_path / f"m{n}", strategy=spec, batch_size=16, backend="mpi", train={"max_steps": 10},
+                 extra_config={**LINK, "backend": {"name": "mpi", "progress": "thread", "max_inflight": n}})
+    f = validate([tmp_path], [prof], {"mpi": mpi}).frame
+    for n in (1, 3):
+        net = replace(mpi, channels=n).with_link(rate_bps=1e9)
+        expected = predict(prof, net, 2, StrategySpec.from_config(spec), steps=10, warmup=5).mean_s
+        assert f[f["run"].str.endswith(f"m{n}")]["predicted_ms"].iloc[0] == pytest.approx(expected * 1e3)
+    assert f["predicted_ms"].nunique() == 2
 
 
 def _one_line_exit_2(capsys, call):
@@ -105,6 +138,10 @@ def test_project_writes_tables_and_a_trace(capsys, tmp_path):
                  "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "trace.json")])
     table = pd.read_csv(tmp_path / "out" / "projection.csv")
     assert set(table["workers"]) == {2, 16} and set(table["rules"]) == {"as_implemented", "ideal"}
+    # issue 12's bound of layerwise(wait_at=forward), at each worker count
+    bounds = [layerwise_bound_for(profile_from_dict(PROFILE), load_network("10gbe"), p) * 1e3 for p in (2, 16)]
+    assert (f"The bound of layerwise(wait_at=forward) (design.md, per-layer updates): {bounds[0]:.1f} ms at 2, "
+            f"{bounds[1]:.1f} ms at 16.") in capsys.readouterr().out
     sync = table[(table["strategy"] == "sync") & (table["rules"] == "as_implemented")]
     assert (sync["speedup_vs_sync"] == 1.0).all()
     trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]

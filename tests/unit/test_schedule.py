@@ -1,132 +1,171 @@
-"""The reduction scheduler's decisions: order, chunking and credit, with no backend at all.
+"""The reduction scheduler's decisions: lanes and their order, with no backend at all.
 
-Every rank must start the same reductions in the same order whatever the timing,
-so the scheduler's launch sequence is a pure function of the calls made on it.
+Every rank must start the same reductions in the same order on every channel,
+whatever the timing and whatever order backward's hooks happen to fire in, so
+the launch sequence per lane is a pure function of the plan.
 """
 from __future__ import annotations
 
+import itertools
+import random
+
+import pytest
 import torch
 
-from asyncsgd.strategies.schedule import ReductionScheduler
+from asyncsgd.strategies.schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
 
 
 class Recorder:
-    """Stands in for the backend: records every start and every wait, in order."""
+    """Stands in for the backend: records every start (per lane) and every wait, in order."""
 
     def __init__(self):
         self.log = []
 
-    def start(self, tensor, label, step):
-        self.log.append(("start", label, tensor.numel()))
+    def start(self, tensor, label, step, lane):
+        self.log.append(("start", lane, label, step))
         return label
 
     def wait(self, handle, label):
         self.log.append(("wait", label))
 
-    def starts(self):
-        return [entry[1] for entry in self.log if entry[0] == "start"]
+    def lane(self, lane):
+        return [entry[2] for entry in self.log if entry[0] == "start" and entry[1] == lane]
 
 
-def buf(kib: float) -> torch.Tensor:
-    return torch.zeros(int(kib * 1024) // 4)
+def items(lanes, chunks=None):
+    """Bucket-level lanes as chunk items (one chunk per bucket unless ``chunks`` says otherwise)."""
+    return [chunk_items(lane, {b: (chunks or {}).get(b, 1) for b in lane}) for lane in lanes]
 
 
-def test_without_priority_each_bucket_is_one_reduction_started_at_once_in_ready_order():
+def job(bucket: int, step: int = 0, chunks: int = 1) -> Job:
+    j = Job(bucket, f"b{bucket}", step)
+    j.chunks = [Chunk(torch.zeros(2), f"b{bucket}" if chunks == 1 else f"b{bucket} [{c + 1}/{chunks}]")
+                for c in range(chunks)]
+    return j
+
+
+# the CNN's shape: buckets in forward order conv1 (3.5 KB), conv2 (74 KB), fc1 (8 MB), fc2 (1 MB), fc3 (20 KB)
+SIZES = [3_500, 74_000, 8_000_000, 1_000_000, 20_000]
+READY = [4, 3, 2, 1, 0]  # backward finishes the last layer first
+USE = [0, 1, 2, 3, 4]
+
+
+def test_without_priority_one_lane_in_ready_order():
+    assert make_plan(SIZES, READY, USE, priority=False, urgent_share=0.1) == [[4, 3, 2, 1, 0]]
+
+
+def test_priority_puts_the_first_used_layers_within_the_share_on_their_own_lane():
+    # 10% of 9.1 MB holds conv1 and conv2, not fc1; the rest go first ready, first sent
+    assert make_plan(SIZES, READY, USE, priority=True, urgent_share=0.1) == [[0, 1], [4, 3, 2]]
+    # the first used bucket is urgent even when alone it is over the share
+    assert make_plan([10, 1, 1], [2, 1, 0], [0, 1, 2], True, 0.01) == [[0], [2, 1]]
+    # no share: one lane (chunking and chunk-wise updates still apply)
+    assert make_plan(SIZES, READY, USE, True, 0.0) == [[4, 3, 2, 1, 0]]
+
+
+def test_bad_orders_are_refused():
+    with pytest.raises(ValueError, match="every bucket once"):
+        make_plan([1, 1], [0], [0, 1], False, 0.1)
+
+
+def test_a_job_starts_only_after_every_job_before_it_in_its_lane():
     rec = Recorder()
-    s = ReductionScheduler(rec.start, rec.wait, priority=False, chunk_bytes=1024, credit=1)
-    jobs = [s.submit(buf(8), name, urgency, 0) for name, urgency in [("fc2", 3), ("fc1", 2), ("conv", 1)]]
-    assert rec.starts() == ["allreduce fc2", "allreduce fc1", "allreduce conv"]  # credit ignored
-    s.complete(jobs[2])  # waiting for the last started retires everything before it
-    assert [e for e in rec.log if e[0] == "wait"] == [("wait", "fc2"), ("wait", "fc1"), ("wait", "conv")]
-    assert all(j.done for j in jobs) and s.idle
+    s = ReductionScheduler(rec.start, rec.wait, items([[0, 1], [4, 3, 2]], {3: 2}))
+    s.submit(job(4))
+    s.submit(job(3, chunks=2))
+    s.submit(job(1))  # conv2 is ready before conv1, but conv1 goes first on its lane
+    assert rec.lane(1) == ["allreduce b4", "allreduce b3 [1/2]", "allreduce b3 [2/2]"]
+    assert rec.lane(0) == []
+    s.submit(job(2))
+    s.submit(job(0))
+    assert rec.lane(0) == ["allreduce b0", "allreduce b1"]
+    assert rec.lane(1)[-1] == "allreduce b2"
+    assert s.idle
 
 
-def test_priority_chunks_and_lets_the_layer_needed_first_overtake():
-    rec = Recorder()
-    s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=4096, credit=2)
-    # backward order: the last layer first; urgency = position in the next forward
-    fc2 = s.submit(buf(4), "fc2", 3, 0)
-    fc1 = s.submit(buf(16), "fc1", 2, 0)  # 4 chunks of 4 KiB
-    assert [c.tensor.numel() for c in fc1.chunks] == [1024] * 4
-    assert rec.starts() == ["allreduce fc2", "allreduce fc1 [1/4]"]  # credit 2 spent
-    s.pump()  # nothing returns credit without a wait
-    assert len(rec.starts()) == 2
-    # conv, needed first by the next forward, is more urgent than everything in flight: it goes
-    # at once, ahead of fc1's three pending chunks
-    conv = s.submit(buf(4), "conv", 1, 0)
-    assert rec.starts()[2] == "allreduce conv"
-    s.complete(conv)  # retires everything started before it, then refills the credit
-    assert [e[1] for e in rec.log if e[0] == "wait"] == ["fc2", "fc1 [1/4]", "conv"]
-    assert conv.done and not fc1.done
-    assert rec.starts()[3:] == ["allreduce fc1 [2/4]", "allreduce fc1 [3/4]"]
-    s.complete(fc1)
-    assert rec.starts()[5:] == ["allreduce fc1 [4/4]"]
-    assert fc2.done and fc1.done and s.idle
-
-
-def test_a_needed_chunk_still_queued_waits_for_the_oldest_in_flight():
-    rec = Recorder()
-    s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=1024, credit=2)
-    a = s.submit(buf(3), "a", 2, 0)  # 3 chunks: 2 start, 1 queued
-    b = s.submit(buf(1), "b", 3, 0)  # less urgent: queued
-    assert rec.starts() == ["allreduce a [1/3]", "allreduce a [2/3]"]
-    s.complete(a)
-    assert rec.log[2:4] == [("wait", "a [1/3]"), ("start", "allreduce a [3/3]", 256)]
-    s.drain()
-    assert b.done and s.idle
-
-
-def test_credit_bounds_the_chunks_in_flight_and_drain_finishes_everything():
-    rec = Recorder()
-    s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=1024, credit=3)
-    jobs = [s.submit(buf(5), f"l{i}", 10 - i, 0) for i in range(3)]  # 5 chunks each, each more urgent
-    in_flight = max_in_flight = 0
-    s.drain()
-    for entry in rec.log:
-        in_flight += 1 if entry[0] == "start" else -1
-        max_in_flight = max(max_in_flight, in_flight)
-    # the credit, plus the first chunk of each layer that overtook everything in flight
-    assert max_in_flight == 3 + 2 and in_flight == 0
-    assert len(rec.starts()) == 15 and all(j.done for j in jobs) and s.idle
-    assert rec.starts()[:5] == ["allreduce l0 [1/5]", "allreduce l0 [2/5]", "allreduce l0 [3/5]",
-                                "allreduce l1 [1/5]", "allreduce l2 [1/5]"]
-    # then the most urgent layer's remaining chunks, then the next
-    assert rec.starts()[5:9] == [f"allreduce l2 [{i}/5]" for i in range(2, 6)]
-
-
-def test_the_sequence_is_the_same_whatever_the_buffer_contents():
-    def sequence(fill):
+def test_launch_order_per_lane_does_not_depend_on_the_order_of_submissions():
+    lanes = [[0, 1], [4, 3, 2]]
+    expected = None
+    for order in itertools.permutations(range(5)):
         rec = Recorder()
-        s = ReductionScheduler(rec.start, rec.wait, priority=True, chunk_bytes=2048, credit=2)
-        jobs = [s.submit(buf(6).fill_(fill), n, u, 0) for n, u in [("c", 3), ("b", 2), ("a", 1)]]
-        for job in reversed(jobs):
-            s.complete(job)
-        return rec.log
+        s = ReductionScheduler(rec.start, rec.wait, items(lanes))
+        for step in range(2):
+            for b in order:
+                s.submit(job(b, step))
+        per_lane = (rec.lane(0), rec.lane(1))
+        expected = expected or per_lane
+        assert per_lane == expected
+        assert s.idle
+    assert expected[0] == ["allreduce b0", "allreduce b1"] * 2
 
-    assert sequence(0.0) == sequence(float("nan"))
 
-
-def test_a_failed_wait_leaves_the_chunk_in_flight_so_clean_up_meets_the_same_error():
-    class PeerDied(RuntimeError):
-        pass
-
+def test_waiting_for_a_chunk_that_was_never_started_is_an_error_not_a_hang():
     rec = Recorder()
-    failing = {"on": True}
+    s = ReductionScheduler(rec.start, rec.wait, items([[0, 1]]))
+    held = job(1)
+    s.submit(held)  # bucket 0 not submitted yet: bucket 1 may not start
+    with pytest.raises(RuntimeError, match="before it was started"):
+        s.wait(held.chunks[0])
+    s.submit(job(0))
+    s.wait(held.chunks[0])
+    s.wait(held.chunks[0])  # a second wait for a done chunk does not reach the backend
+    assert [e for e in rec.log if e[0] == "wait"] == [("wait", "b1")]
 
-    def wait(handle, label):
-        if failing["on"]:
-            raise PeerDied(f"{label}: connection reset by peer")
-        rec.wait(handle, label)
 
-    s = ReductionScheduler(rec.start, wait, priority=True, chunk_bytes=1024, credit=2)
-    job = s.submit(buf(3), "a", 1, 0)
-    for _ in range(2):  # the failing step, then the flush in the clean-up: the same error both times
-        try:
-            s.complete(job)
-        except PeerDied as exc:
-            assert "a [1/3]" in str(exc)
-        else:
-            raise AssertionError("the wait's error was swallowed")
-    failing["on"] = False  # (a backend that recovered) everything is still accounted for
-    s.drain()
-    assert job.done and s.idle and len(rec.starts()) == 3
+def test_a_bucket_submitted_twice_in_one_step_is_refused():
+    s = ReductionScheduler(Recorder().start, Recorder().wait, items([[0, 1]]))
+    s.submit(job(1))
+    with pytest.raises(RuntimeError, match="submitted twice"):
+        s.submit(job(1))
+
+
+def test_random_backward_orders_give_the_same_sequence_on_every_rank():
+    # two "ranks" whose hooks fire in different orders (different control flow) over 20 steps
+    rng = random.Random(0)
+    lanes = make_plan([rng.randint(1, 1000) for _ in range(12)], list(range(11, -1, -1)), list(range(12)), True, 0.3)
+    sequences = []
+    for _rank in range(2):
+        rec = Recorder()
+        s = ReductionScheduler(rec.start, rec.wait, items(lanes))
+        for step in range(20):
+            order = list(range(12))
+            rng.shuffle(order)
+            for b in order:
+                s.submit(job(b, step))
+        sequences.append([entry[1:] for entry in rec.log])
+    assert sorted(sequences[0]) == sorted(sequences[1])
+    for lane in range(len(lanes)):
+        assert [e for e in sequences[0] if e[0] == lane] == [e for e in sequences[1] if e[0] == lane]
+
+
+def test_edf_puts_a_more_urgent_layer_before_what_the_link_has_not_reached():
+    # bulk lane of the CNN in 1 MB chunks: fc3 (1 chunk), fc2 (2), fc1 (8), ready in that order;
+    # deadlines: fc1 first, then fc2, then fc3. When fc2 was ready the link had carried fc3's 20 KB,
+    # when fc1 was ready 0.5 MB.
+    mb = 1_000_000
+    sizes = {4: [20_000], 3: [mb, 50_000], 2: [mb] * 8}
+    deadline = {2: 2, 3: 3, 4: 4}
+    carried = {3: 20_000, 2: 500_000}
+    fc1 = [(2, c) for c in range(8)]
+    # 0.4 MB in the backend beyond what the link carried: fc2's first chunk is out before fc1 is
+    # ready, its second is not, so fc1 (needed sooner) overtakes it
+    assert edf_order([4, 3, 2], sizes, deadline, carried, ahead=0.4 * mb) == [(4, 0), (3, 0), *fc1, (3, 1)]
+    # 2 MB in the backend: all of fc2 was handed over before fc1 was ready (first ready, first sent)
+    assert edf_order([4, 3, 2], sizes, deadline, carried, ahead=2 * mb) == [(4, 0), (3, 0), (3, 1), *fc1]
+    # nothing carried and nothing ahead: pure deadline order
+    assert edf_order([4, 3, 2], sizes, deadline, {}, ahead=0) == [*fc1, (3, 0), (3, 1), (4, 0)]
+
+
+def test_replan_takes_effect_between_steps_only():
+    rec = Recorder()
+    s = ReductionScheduler(rec.start, rec.wait, items([[2, 1, 0]], {2: 2}))
+    s.submit(job(2, chunks=2))
+    with pytest.raises(RuntimeError, match="between steps"):
+        s.replan([[(1, 0), (2, 0), (2, 1), (0, 0)]])
+    s.submit(job(1))
+    s.submit(job(0))
+    s.replan([[(1, 0), (2, 0), (0, 0), (2, 1)]])
+    rec.log.clear()
+    for b in (2, 1, 0):
+        s.submit(job(b, step=1, chunks=2 if b == 2 else 1))
+    assert rec.lane(0) == ["allreduce b1", "allreduce b2 [1/2]", "allreduce b0", "allreduce b2 [2/2]"]

@@ -81,8 +81,8 @@ def assert_same(a: nn.Module, b: nn.Module):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
-# priority: 64-byte chunks (a 6x6 weight is 3 of them), one in flight at a time
-PRIORITY = {"priority": True, "chunk_mb": 64 / 2**20, "credit": 1}
+# priority: 64-byte chunks (a 6x6 weight is 3 of them), the first layers on the urgent lane
+PRIORITY = {"priority": True, "chunk_mb": 64 / 2**20, "urgent_share": 0.3}
 
 
 @pytest.mark.parametrize("priority", [{}, PRIORITY], ids=["fifo", "priority"])
@@ -128,18 +128,22 @@ def test_buckets_follow_bucket_mb(comm):
     def layers():
         return nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 100), nn.Linear(100, 100), nn.Linear(100, 10))
 
-    per_layer = make_strategy(LayerwiseConfig(bucket_mb=0), comm, PhaseTimer())
-    per_layer.attach(layers(), sgd)
-    assert [b.label for b in per_layer.buckets] == ["3", "2", "1", "0"]  # backward order
+    def buckets(cfg):
+        # the buckets are made from what the first step shows: the order backward finishes gradients
+        strategy = make_strategy(cfg, comm, PhaseTimer())
+        net = strategy.attach(layers(), sgd)
+        F.cross_entropy(net(torch.randn(4, 100)), torch.randint(10, (4,))).backward()
+        strategy.synchronize()
+        strategy.close()
+        return strategy.buckets
+
+    assert [b.label for b in buckets(LayerwiseConfig(bucket_mb=0))] == ["3", "2", "1", "0"]  # backward order
     # ~52 KB cap; layers are 40 KB (0-2) and 4 KB (3). Like DDP, a bucket closes once it
     # reaches the cap: 3+2 (44 KB) is still under it, 3+2+1 (85 KB) closes it.
-    fused = make_strategy(LayerwiseConfig(bucket_mb=0.05), comm, PhaseTimer())
-    fused.attach(layers(), sgd)
-    assert [b.label for b in fused.buckets] == ["1+2+3", "0"]
-    assert [p.shape for p in fused.buckets[0].params] == [(100, 100), (100,)] * 2 + [(10, 100), (10,)]
-    one = make_strategy(LayerwiseConfig(bucket_mb=100), comm, PhaseTimer())
-    one.attach(layers(), sgd)
-    assert len(one.buckets) == 1
+    fused = buckets(LayerwiseConfig(bucket_mb=0.05))
+    assert [b.label for b in fused] == ["1+2+3", "0"]
+    assert sorted(tuple(p.shape) for p in fused[0].params) == sorted([(100, 100), (100,)] * 2 + [(10, 100), (10,)])
+    assert len(buckets(LayerwiseConfig(bucket_mb=100))) == 1
 
 
 def test_hooks_are_removed_on_close(comm):
@@ -174,3 +178,71 @@ def test_delayed_keeps_k_plus_one_buffers_and_k_gradients_in_flight(comm):
     assert strategy.pending_steps() == [3, 4]  # flush completes, it does not apply
     strategy.finish()
     assert strategy.pending_steps() == []
+
+
+class HeadOutsideItsModule(nn.Module):
+    """The classifier's weights are used with F.linear in the model's own forward: the module
+    that owns them never runs, so no pre-hook of its own ever fires."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return F.linear(torch.relu(self.body(x)), self.head.weight, self.head.bias)
+
+
+class AuxRegisteredLast(nn.Module):
+    """Like torchvision's GoogLeNet: `aux` is registered after `late` but runs between `early` and `late`."""
+
+    def __init__(self):
+        super().__init__()
+        self.early = nn.Linear(6, 6)
+        self.late = nn.Linear(6, 3)
+        self.aux = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.late(torch.relu(self.aux(torch.relu(self.early(x)))))
+
+
+@pytest.mark.parametrize("priority", [{}, PRIORITY], ids=["fifo", "priority"])
+@pytest.mark.parametrize("wait_at", ["forward", "step"])
+@pytest.mark.parametrize("model_fn", [HeadOutsideItsModule, AuxRegisteredLast])
+def test_waits_and_buckets_follow_where_parameters_are_used(comm, wait_at, priority, model_fn):
+    model, strategy = run(LayerwiseConfig(wait_at=wait_at, **priority), comm, model_fn)
+    assert_same(model, plain(model_fn))
+    assert strategy.scheduler.idle
+
+
+def test_the_plan_follows_execution_not_registration_order(comm):
+    _, strategy = run(LayerwiseConfig(), comm, AuxRegisteredLast, steps=2)
+    # backward finishes late, aux, early; the next forward needs early, aux, late
+    assert [b.label for b in strategy.buckets] == ["late", "aux", "early"]
+    assert [b.label for b in strategy.use_order] == ["early", "aux", "late"]
+    assert [b.module for b in strategy.use_order] == [strategy.model.early, strategy.model.aux, strategy.model.late]
+    _, strategy = run(LayerwiseConfig(), comm, HeadOutsideItsModule, steps=2)
+    head = next(b for b in strategy.buckets if b.label == "head")
+    assert head.module is strategy.model  # first used by the model's own forward, not by `head`
+
+
+class MovesItsHead(nn.Module):
+    """After the first step the head's weights are used outside the module the wait was placed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(6, 6), nn.Linear(6, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = torch.relu(self.body(x))
+        return self.head(h) if self.calls == 1 else F.linear(h, self.head.weight, self.head.bias)
+
+
+def test_a_parameter_used_before_its_wait_is_refused_not_computed_stale(comm):
+    with pytest.raises(RuntimeError, match="used in forward before their update was applied"):
+        run(LayerwiseConfig(), comm, MovesItsHead, steps=3)
+    model, _ = run(LayerwiseConfig(wait_at="step"), comm, MovesItsHead, steps=3)
+    reference = plain(MovesItsHead, steps=3)
+    assert_same(model, reference)
