@@ -20,9 +20,18 @@ import signal
 from collections import deque
 from typing import Deque, Optional, Tuple
 
+from .launch.slurm import preemption_signal
+
 log = logging.getLogger("asyncsgd")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stop_signals() -> Tuple[signal.Signals, ...]:
+    """SIGTERM and SIGINT; in a submitit job also its preemption/time-out signal (USR2),
+    which must stop the workers together before submitit requeues the job."""
+    extra = preemption_signal()
+    return SIGNALS + ((extra,) if extra is not None and extra not in SIGNALS else ())
 
 
 class Interrupted(Exception):
@@ -42,7 +51,7 @@ class StopRequest:
         self.agreed: Optional[str] = None
         self._pending: Deque[Tuple[object, "torch.Tensor"]] = deque()  # noqa: F821
         self._previous = {}
-        for sig in SIGNALS:
+        for sig in _stop_signals():
             try:
                 self._previous[sig] = signal.signal(sig, self._note)
             except ValueError:  # not the main thread (embedded use): no signal handling
