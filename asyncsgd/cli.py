@@ -57,9 +57,12 @@ def _task(cfg: DictConfig) -> None:
               "or continue it with resume=auto", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     if conf.launcher.name == "external":
+        from .io import read_json
         from .worker import run_worker
 
         run_worker(conf, run_dir)
+        if writer:  # rank 0: the same result line as launcher=local
+            print_result(run_dir, read_json(run_dir / "summary.json"))
         return
     _run_local(conf, cfg, run_dir)
 
@@ -128,8 +131,8 @@ def _check_resume(conf, argv: List[str]) -> List[str]:
     if conf.resume.path == "auto" and not run_dirs:
         raise ConfigError("resume=auto continues the run in hydra.run.dir: add hydra.run.dir=RUN_DIR")
     path = resolve_resume(conf.resume.path, Path(run_dirs[-1]) if run_dirs else Path("."))
-    if path is None:
-        return argv
+    if path is None:  # resume=auto where nothing ran yet: a fresh start (the launcher writes a summary next)
+        return [a for a in argv if not a.startswith("resume.path=")]
     meta = load_checkpoint(path)["meta"]
     current = OmegaConf.to_container(OmegaConf.structured(conf), resolve=True)
     accepted = check_compatible(meta, current, conf.resume.allow_changes, path)

@@ -18,7 +18,7 @@ from .config import Config
 from .launch.environment import default_threads, detect, prepare_torchdist_env
 from .launch.slurm import remove_stale_mpich_segments, requeue_after_stop, slurm_job_id
 from .runinfo import base_summary, clear_rank_files, load_config, record_failure, update_summary, write_pid
-from .stopping import Interrupted
+from .stopping import Interrupted, catch_early
 
 log = logging.getLogger("asyncsgd")
 
@@ -42,6 +42,8 @@ def _is_secondary(exc: BaseException) -> bool:
 
 def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
     """Connect, agree on the run dir (rank 0's), train; on failure record it and end the job."""
+    if os.environ.get("SLURM_JOB_ID"):
+        catch_early()  # SLURM's warnings may come during start-up
     place = detect()
     rendezvous = None
     if cfg.backend.name != "mpi" and place is not None:

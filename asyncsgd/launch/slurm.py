@@ -78,8 +78,17 @@ def requeue_after_stop(run_dir: Path) -> None:
         log.warning("not requeued (%s); continue with: asyncsgd-run resume=auto hydra.run.dir=%s", first, run_dir)
 
 
-def resume_overrides(overrides: Sequence[str]) -> List[str]:
-    """The overrides of a requeued job: the same, continuing from the newest checkpoint."""
+def resume_overrides(overrides: Sequence[str], run_dir: Path) -> List[str]:
+    """The overrides of a requeued job: the same, continuing from the newest checkpoint.
+
+    Without a checkpoint (the signal came during start-up, before the workers could
+    stop together) the job is not requeued: resume=auto would refuse the run dir,
+    and a fresh start would overwrite it.
+    """
+    from ..checkpoint import DIRNAME, list_checkpoints
+
+    if not list_checkpoints(Path(run_dir) / DIRNAME):
+        raise RuntimeError(f"stopped before the run's first checkpoint, so not requeued; run it again ({run_dir})")
     return [o for o in overrides if not o.startswith(("resume.path=", "resume="))] + ["resume.path=auto"]
 
 

@@ -32,10 +32,17 @@ class SubmititSlurmLauncher(SlurmLauncher):
         return super().__call__(*args, **kwargs)
 
     def checkpoint(self, sweep_overrides: List[str], *args: Any, **kwargs: Any) -> Any:
-        """submitit's requeue protocol: the job that runs after a requeue resumes its run."""
+        """submitit's requeue protocol: the job that runs after a requeue resumes its run.
+
+        Called in the job (rank 0) when it is preempted or timed out, after the
+        workers stopped together and wrote a checkpoint in the run dir.
+        """
+        from hydra.core.hydra_config import HydraConfig
+
         from asyncsgd.launch.slurm import resume_overrides
 
-        return super().checkpoint(resume_overrides(sweep_overrides), *args, **kwargs)
+        run_dir = HydraConfig.get().runtime.output_dir
+        return super().checkpoint(resume_overrides(sweep_overrides, run_dir), *args, **kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Submit like the plugin does, then wait for *every* job (the plugin stops at the

@@ -181,7 +181,7 @@ def test_submitit_sweep_runs_jobs_together_and_lists_the_failed_ones(workdir, sl
     assert "- `2` (delayed(k=1), 2 workers, seed 0): **failed**: RuntimeError: fault injected on rank 1" in listed
 
 
-STEPS = 1000  # long enough that a signal sent after step 20 lands well before the end
+STEPS = 600  # long enough that a signal sent after step 20 lands well before the end
 
 
 @pytest.mark.timeout(900)

@@ -53,10 +53,14 @@ def test_slurm_job_id_names_array_tasks_as_squeue_does():
     assert slurm_job_id({}) is None
 
 
-def test_a_requeued_job_resumes_its_run():
-    assert resume_overrides(["strategy=sync", "resume.path=/x/step-1.pt", "seed=1"]) == [
+def test_a_requeued_job_resumes_its_run(tmp_path):
+    with pytest.raises(RuntimeError, match="stopped before the run's first checkpoint, so not requeued"):
+        resume_overrides(["a=1"], tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step-00000020.pt").write_bytes(b"")
+    assert resume_overrides(["strategy=sync", "resume.path=/x/step-1.pt", "seed=1"], tmp_path) == [
         "strategy=sync", "seed=1", "resume.path=auto"]
-    assert resume_overrides(resume_overrides(["a=1"])) == ["a=1", "resume.path=auto"]
+    assert resume_overrides(resume_overrides(["a=1"], tmp_path), tmp_path) == ["a=1", "resume.path=auto"]
 
 
 def test_under_submitit_its_preemption_signal_stops_the_workers_too(comm, monkeypatch):
@@ -96,3 +100,21 @@ def test_only_mpich_segments_of_this_job_older_than_this_attempt_are_removed(tmp
 def test_mpichs_segment_name_hash():
     # /dev/shm/mpich_shm_c141a9dc_0 was the segment of job 3 step 0 on the test SLURM
     assert mpich_segment_id("3.0") == "c141a9dc"
+
+
+def test_a_signal_during_start_up_stops_the_run_at_its_first_step(comm):
+    """catch_early (a worker under SLURM): SIGTERM before the training loop is not fatal but remembered."""
+    import asyncsgd.stopping as stopping
+
+    original = signal.getsignal(signal.SIGTERM)
+    try:
+        stopping.catch_early()
+        os.kill(os.getpid(), signal.SIGTERM)  # would end pytest without the early handler
+        stop = StopRequest(comm, lag=1)
+        assert stop.received == "SIGTERM"
+        assert [stop.poll(), stop.poll()] == [False, True] and stop.agreed == "SIGTERM"
+        stop.close()
+        assert signal.getsignal(signal.SIGTERM) is original  # the handler from before catch_early
+    finally:
+        signal.signal(signal.SIGTERM, original)
+        stopping._early.update(signal=None, displaced={})
