@@ -73,27 +73,31 @@ def test_setup_slurm_starts_a_cluster_and_stop_leaves_nothing(tmp_path):
     """A second, private instance (own directory and ports) from nothing to nothing."""
     if os.geteuid() != 0:
         pytest.skip("scripts/setup-slurm needs root")
-    where = tmp_path / "cluster"
+    where = tmp_path / "c"  # short: socket paths have a 108-byte limit
     env = {**os.environ, "ASYNCSGD_SLURM_DIR": str(where), "ASYNCSGD_SLURM_PORT": "17817"}
-    started = subprocess.run([str(slurm_cluster.SETUP)], env=env, capture_output=True, text=True, timeout=900)
-    if started.returncode != 0 and "apt-get" in started.stderr:
-        pytest.skip(started.stderr.strip().splitlines()[-1])
-    assert started.returncode == 0, started.stderr
-    assert started.stdout.startswith("setup-slurm: node ") and " idle " in started.stdout
-    conf = {"SLURM_CONF": str(where / "etc" / "slurm.conf")}
-    assert _slurm(["sinfo", "-h", "-o", "%T %c"], conf).stdout.split() == ["idle", str(os.cpu_count())]
-    assert _slurm(["srun", "-n", "2", "printenv", "SLURM_PROCID"], conf).stdout.split() in (["0", "1"], ["1", "0"])
-    again = subprocess.run([str(slurm_cluster.SETUP)], env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "already running" in again.stdout
-    pids = [int((where / f).read_text()) for f in ("run/slurmctld.pid", "run/slurmd.pid", "run/slurmdbd.pid",
-                                                    "db/mysqld.pid", "munge/munged.pid")]
-
-    stopped = subprocess.run([str(slurm_cluster.SETUP), "--stop"], env=env, capture_output=True, text=True,
-                             timeout=300)
+    setup = lambda *args, timeout=300: subprocess.run([str(slurm_cluster.SETUP), *args], env=env,  # noqa: E731
+                                                     capture_output=True, text=True, timeout=timeout)
+    try:
+        started = setup(timeout=900)
+        if started.returncode != 0 and "apt-get" in started.stderr:
+            pytest.skip(started.stderr.strip().splitlines()[-1])
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith("setup-slurm: node ") and " idle " in started.stdout
+        conf = {"SLURM_CONF": str(where / "etc" / "slurm.conf")}
+        assert _slurm(["sinfo", "-h", "-o", "%P %T %c"], conf).stdout.split() == [
+            "debug*", "idle", str(os.cpu_count()), "urgent", "idle", str(os.cpu_count())]
+        ranks = _slurm(["srun", "-n", "2", "printenv", "SLURM_PROCID"], conf).stdout.split()
+        assert sorted(ranks) == ["0", "1"]
+        again = setup()
+        assert again.returncode == 0 and "already running" in again.stdout
+        pids = [int((where / f).read_text()) for f in ("run/slurmctld.pid", "run/slurmd.pid", "run/slurmdbd.pid",
+                                                        "db/mysqld.pid", "munge/munged.pid")]
+    finally:
+        stopped = setup("--stop")
     assert stopped.returncode == 0, stopped.stderr
     assert not where.exists() and not Path(f"{where}.lock").exists()
     assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
-    status = subprocess.run([str(slurm_cluster.SETUP), "--status"], env=env, capture_output=True, text=True)
+    status = setup("--status")
     assert status.returncode == 1 and status.stdout.strip() == "setup-slurm: not running"
 
 
