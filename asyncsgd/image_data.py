@@ -12,7 +12,7 @@ Two deliberate departures from torchvision's defaults:
   and the checksum also rejects smaller sets written in the same format (the
   tests build such sets). ``dataset.download=true`` still verifies the archive.
 - Random training augmentation draws from a generator seeded by
-  (seed, epoch, sample index) (:class:`asyncsgd.data.SeededAugment`), so a
+  (seed, epoch, sample index) (:class:`asyncsgd.dataset_base.SeededAugment`), so a
   P-worker run sees the same crops as a 1-worker run, whatever the number of
   DataLoader processes.
 """
@@ -37,7 +37,7 @@ from .config import (
     ImageNetConfig,
     TorchvisionSetConfig,
 )
-from .data import DataSplits, SeededAugment
+from .dataset_base import DataSplits, SeededAugment
 
 # Per-channel mean and std of the training images, scaled to [0, 1] (the usual published values;
 # CIFAR's are the true std, not the 0.2023/0.1994/0.2010 that circulates with the mean).

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 # (source, rank, size, local rank, local size), most specific first: torchrun
 # under srun should win over SLURM's own variables.

@@ -1,7 +1,8 @@
 """``hydra/launcher=submitit_slurm``: hydra-submitit-launcher's SlurmLauncher, with
 requeue that continues from the checkpoint and a sweep that outlives a failed job.
 
-The behaviour is in :mod:`asyncsgd.launch.slurm`; this module stays small because
+The behaviour is in :mod:`asyncsgd.launch.slurm` (in the job) and
+:mod:`asyncsgd.launch.slurm_sweep` (submitting side); this module stays small because
 Hydra imports every module of ``hydra_plugins`` at start-up.
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ class SubmititSlurmLauncher(SlurmLauncher):
         first failure) and report each; failures are listed, not raised."""
         import submitit
 
-        from asyncsgd.launch.slurm import job_outcome, report_outcomes, wait_for_jobs
+        from asyncsgd.launch.slurm_sweep import job_outcome, report_outcomes, wait_for_jobs
 
         assert self.config is not None and self.hydra_context is not None
         init_keys = {"submitit_folder", "max_num_timeout"}
