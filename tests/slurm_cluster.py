@@ -62,3 +62,5 @@ def release() -> None:
         if not _users() and STARTED_BY_TESTS.exists():
             subprocess.run([str(SETUP), "--stop"], capture_output=True, text=True, timeout=300)
             STARTED_BY_TESTS.unlink(missing_ok=True)
+        if not any(USERS.iterdir()):
+            USERS.rmdir()  # the empty lock file stays: removing it would race with a new session's open
