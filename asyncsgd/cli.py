@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import ConfigError, register_configs
-from .launch.environment import detect
+from .launch.environment import check_world_size, detect
 from .validate import CONFIG_MODULE, config_files
 
 log = logging.getLogger("asyncsgd")
@@ -49,15 +49,21 @@ def _task(cfg: DictConfig) -> None:
 
     conf = to_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if conf.resume.path is None and (run_dir / "summary.json").exists() and not _is_scratch(run_dir):
+    place = detect()
+    writer = place is None or place.rank == 0 or conf.launcher.name != "external"
+    if conf.resume.path is None and writer and (run_dir / "summary.json").exists() and not _is_scratch(run_dir):
         # Hydra's own dirs are new per job; an explicit dir may hold a result: never overwrite it.
+        # (Only rank 0 writes, and may already have started this run's summary.)
         print(f"asyncsgd-run: error: {run_dir} already holds a run; choose a new hydra.run.dir "
               "or continue it with resume=auto", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     if conf.launcher.name == "external":
+        from .io import read_json
         from .worker import run_worker
 
         run_worker(conf, run_dir)
+        if writer:  # rank 0: the same result line as launcher=local
+            print_result(run_dir, read_json(run_dir / "summary.json"))
         return
     _run_local(conf, cfg, run_dir)
 
@@ -88,12 +94,18 @@ def _run_local(conf, cfg: DictConfig, run_dir: Path) -> None:
             status = "interrupted" if failure.interrupted else "failed"
             update_summary(run_dir, status=status, error=failure.reason, failed_rank=failure.rank)
             print(f"asyncsgd-run: {failure} (run dir: {run_dir})", file=sys.stderr)
-        _failed_jobs.append(str(run_dir))
+        job_failed(run_dir)
         if HydraConfig.get().mode == RunMode.RUN:
             sys.exit(130 if failure.interrupted else 1)
         return
     summary = read_json(run_dir / "summary.json")
-    _print_result(run_dir, summary)
+    print_result(run_dir, summary)
+
+
+def job_failed(run_dir) -> None:
+    """Note a job of this command that did not complete: listed at the end, exit status 1
+    (a launcher that runs jobs elsewhere, e.g. on SLURM, reports them here too)."""
+    _failed_jobs.append(str(run_dir))
 
 
 def _is_scratch(run_dir: Path) -> bool:
@@ -120,8 +132,8 @@ def _check_resume(conf, argv: List[str]) -> List[str]:
     if conf.resume.path == "auto" and not run_dirs:
         raise ConfigError("resume=auto continues the run in hydra.run.dir: add hydra.run.dir=RUN_DIR")
     path = resolve_resume(conf.resume.path, Path(run_dirs[-1]) if run_dirs else Path("."))
-    if path is None:
-        return argv
+    if path is None:  # resume=auto where nothing ran yet: a fresh start (the launcher writes a summary next)
+        return [a for a in argv if not a.startswith("resume.path=")]
     meta = load_checkpoint(path)["meta"]
     current = OmegaConf.to_container(OmegaConf.structured(conf), resolve=True)
     accepted = check_compatible(meta, current, conf.resume.allow_changes, path)
@@ -152,7 +164,7 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
-def _print_result(run_dir: Path, s: dict) -> None:
+def print_result(run_dir: Path, s: dict) -> None:
     median_ms = s["median_iter_s"] * 1000 if s.get("median_iter_s") else None
     print(
         f"{s.get('strategy')} on {s.get('backend')}, {s.get('world_size')} workers: "
@@ -201,6 +213,13 @@ def run(argv: List[str] | None = None) -> None:
         except ConfigError as exc:
             print(f"asyncsgd-run: error: {exc}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        if configs and configs[0].launcher.name == "external" and not args.multirun:
+            try:
+                check_world_size(place, configs[0].world_size)
+            except ConfigError as exc:
+                if place.rank == 0:  # every rank finds it: one line, not one per rank
+                    print(f"asyncsgd-run: error: {exc}", file=sys.stderr)
+                sys.exit(EXIT_USAGE)
         if configs and configs[0].launcher.name == "external" and place is not None and place.rank != 0:
             # Only rank 0 writes; the others learn its run dir at start-up.
             scratch = tempfile.mkdtemp(prefix=f"asyncsgd-rank{place.rank}-")
@@ -255,4 +274,8 @@ def report(argv: List[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run()
+    # `python -m asyncsgd.cli` runs this file as __main__, a second copy of the module: go through
+    # the imported one, whose failed-job list the launchers of other modules report to (job_failed).
+    from asyncsgd.cli import run as _run
+
+    _run()

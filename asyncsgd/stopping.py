@@ -28,9 +28,41 @@ import signal
 from collections import deque
 from typing import Deque, List, Optional, Tuple
 
+from .launch.slurm import preemption_signal
+
 log = logging.getLogger("asyncsgd")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _stop_signals() -> Tuple[signal.Signals, ...]:
+    """SIGTERM and SIGINT; in a submitit job also its preemption/time-out signal (USR2),
+    which must stop the workers together before submitit requeues the job."""
+    extra = preemption_signal()
+    return SIGNALS + ((extra,) if extra is not None and extra not in SIGNALS else ())
+
+
+# Signals noted before the training loop's StopRequest exists (see catch_early), and
+# the handlers they displaced, which StopRequest restores when it closes.
+_early: dict = {"signal": None, "displaced": {}}
+
+
+def catch_early() -> None:
+    """From now until the training loop starts, note a stop signal instead of dying of it.
+
+    Under SLURM a time limit's warning, a preemption or ``scancel --signal=TERM``
+    can come while a worker still starts (imports, rendezvous, data): it is
+    remembered, and the workers stop together at the first step boundary with a
+    checkpoint, as they would later on.
+    """
+    def note(signum, frame) -> None:
+        if _early["signal"] is None:
+            _early["signal"] = signal.Signals(signum).name
+            log.warning("received %s while starting: stopping at the first step boundary", _early["signal"])
+
+    for sig in _stop_signals():
+        if sig != signal.SIGINT:  # Ctrl-C at start-up still ends a worker at once
+            _early["displaced"][sig] = signal.signal(sig, note)
 
 
 class Interrupted(Exception):
@@ -80,13 +112,16 @@ class StopRequest:
 
     def __init__(self, comm, lag: int = 1, slot: Optional[StopFlagSlot] = None):
         self.comm, self.lag, self.slot = comm, max(1, lag), slot
-        self.received: Optional[str] = None  # this worker's signal, if any
+        self.received: Optional[str] = _early["signal"]  # this worker's signal, if any
+        if self.received is not None and slot is not None:
+            slot.outgoing = 1.0  # a signal during start-up travels with the first reduction
         self.agreed: Optional[str] = None
         self._pending: Deque[Tuple[object, "torch.Tensor"]] = deque()  # noqa: F821
         self._previous = {}
-        for sig in SIGNALS:
+        for sig in _stop_signals():
             try:
-                self._previous[sig] = signal.signal(sig, self._note)
+                current = signal.signal(sig, self._note)
+                self._previous[sig] = _early["displaced"].pop(sig, current)  # never restore catch_early's
             except ValueError:  # not the main thread (embedded use): no signal handling
                 pass
 

@@ -16,8 +16,9 @@ from typing import Optional
 
 from .config import Config
 from .launch.environment import default_threads, detect, prepare_torchdist_env
-from .runinfo import load_config, record_failure, update_summary, write_pid
-from .stopping import Interrupted
+from .launch.slurm import remove_stale_mpich_segments, requeue_after_stop, slurm_job_id
+from .runinfo import base_summary, clear_rank_files, load_config, record_failure, update_summary, write_pid
+from .stopping import Interrupted, catch_early
 
 log = logging.getLogger("asyncsgd")
 
@@ -41,13 +42,22 @@ def _is_secondary(exc: BaseException) -> bool:
 
 def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
     """Connect, agree on the run dir (rank 0's), train; on failure record it and end the job."""
-    if cfg.backend.name != "mpi":
-        place = detect()
-        if place is not None:
-            prepare_torchdist_env(place)
+    if os.environ.get("SLURM_JOB_ID"):
+        catch_early()  # SLURM's warnings may come during start-up
+    place = detect()
+    rendezvous = None
+    if cfg.backend.name != "mpi" and place is not None:
+        rendezvous = prepare_torchdist_env(place, getattr(cfg.backend, "master_port", 0))
+    if cfg.launcher.name == "external" and (place is None or place.rank == 0):
+        _start_attempt(cfg, run_dir, place, rendezvous)
+    if cfg.backend.name == "mpi":
+        remove_stale_mpich_segments()
     from .comm import make_communicator
 
-    comm = make_communicator(cfg.backend)
+    try:
+        comm = make_communicator(cfg.backend)
+    except Exception as exc:
+        _not_connected(cfg, run_dir, place, rendezvous, exc)
     _setup_logging(comm.rank)
     # Under an external launcher every rank composed its own config; rank 0's run dir wins.
     run_dir = Path(comm.broadcast_object(str(run_dir) if comm.rank == 0 else None, root=0))
@@ -69,6 +79,36 @@ def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
     return summary
 
 
+def _start_attempt(cfg: Config, run_dir: Path, place, rendezvous: Optional[str]) -> None:
+    """Rank 0 under an external launcher, before anyone connects: this attempt's summary.
+
+    A requeued or resumed run (resume=auto in the same dir) must not keep the last
+    attempt's pid files, failure reports, error or end time; and a run whose workers
+    never connect must still leave a summary that can say ``failed``.
+    """
+    clear_rank_files(run_dir)
+    values = dict(base_summary(cfg, place.size if place else None), interrupted_at_step=None, checkpoint=None,
+                  error=None, failed_rank=None, finished_at=None, rendezvous=rendezvous)
+    if slurm_job_id():
+        values["slurm_job_id"] = slurm_job_id()
+    update_summary(run_dir, **values)
+
+
+def _not_connected(cfg: Config, run_dir: Path, place, rendezvous: Optional[str], exc: BaseException) -> None:
+    """The workers could not form a job (a busy rendezvous port, a peer that never came):
+    one line naming the rank and the rendezvous, a failure report, exit status 1."""
+    rank = place.rank if place is not None else 0
+    first = (str(exc).strip().splitlines() or [""])[0]
+    where = f" at rendezvous {rendezvous}" if rendezvous else ""
+    hint = "; set MASTER_PORT to a free port" if "EADDRINUSE" in str(exc) or "address already in use" in str(exc) else ""
+    message = f"rank {rank} could not connect to the other workers{where}: {type(exc).__name__}: {first}{hint}"
+    record_failure(run_dir, rank, exc)
+    if cfg.launcher.name == "external" and rank == 0:
+        update_summary(run_dir, status="failed", error=message, failed_rank=rank)
+    print(f"asyncsgd-run: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def train_entry(cfg, run_dir, comm, threads, progress):
     from .train import train  # imported late: torch start-up is the slow part
 
@@ -84,6 +124,8 @@ def _stop(comm, run_dir: Path, stop: Interrupted) -> None:
                     stop.signal_name, stop.step, stop.checkpoint, run_dir)
     sys.stderr.flush()
     comm.close()
+    if comm.rank == 0:
+        requeue_after_stop(run_dir)  # in a submitit job: requeued to continue with resume=auto
     sys.exit(EXIT_INTERRUPTED)
 
 

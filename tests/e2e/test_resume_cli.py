@@ -125,6 +125,16 @@ def test_resume_auto_needs_the_run_dir(workdir):
     _one_line_error(run_cli([*SHORT, "resume=auto"], cwd=workdir), "add hydra.run.dir=RUN_DIR")
 
 
+@pytest.mark.slow
+def test_resume_auto_where_nothing_ran_yet_starts_fresh(workdir):
+    """What a requeue script passes on its first attempt (docs/cluster.md, sbatch)."""
+    run_dir = workdir / "fresh"
+    result = run_cli([*SHORT, "resume=auto", f"hydra.run.dir={run_dir}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "complete" and summary["steps"] == 12 and "resuming" not in result.stderr
+
+
 def test_truncated_checkpoint_is_one_line(checkpointed, workdir):
     bad = workdir / "step-00000008.pt"
     data = (checkpointed / "checkpoints" / "step-00000008.pt").read_bytes()

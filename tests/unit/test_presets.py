@@ -148,7 +148,9 @@ def test_slurm_preset_starts_world_size_tasks_per_run():
                                            "hydra.launcher.partition=cpu"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # the plugin's launcher plus requeue-with-resume and failures listed (hydra_plugins/asyncsgd_launcher)
+    assert launcher._target_ == "hydra_plugins.asyncsgd_launcher.submitit_slurm.SubmititSlurmLauncher"
+    assert launcher.setup == ["export SLURM_MPI_TYPE=pmi2"]  # srun --mpi=pmi2, what the mpich wheel speaks
     assert (launcher.nodes, launcher.tasks_per_node, launcher.cpus_per_task, launcher.partition) == (1, 4, 1, "cpu")
     assert launcher.submitit_folder.endswith("/.submitit/%j")
     (job,) = compose_jobs(["hydra/launcher=submitit_slurm", "launcher=external", "world_size=4"], multirun=True)
