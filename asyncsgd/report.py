@@ -201,7 +201,7 @@ def _read_job_num(run_dir: Path) -> Optional[int]:
 
 
 METRIC_NUMBERS = ["step", "epoch", "loss", "lr", *[f"t_{p}" for p in PHASES], "t_iter", "samples_per_s",
-                  "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"]
+                  "train_loss", "train_acc", "test_loss", "test_acc", "wall_s", "eval_s"]
 
 
 def read_metrics(run_dir: Path, problems: List[str]) -> Optional[pd.DataFrame]:
@@ -223,6 +223,8 @@ def read_metrics(run_dir: Path, problems: List[str]) -> Optional[pd.DataFrame]:
         return None
     for column in METRIC_NUMBERS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame.columns else np.nan
+    # Training time: wall-clock time less the test evaluations so far (runs from before eval_s: none left out).
+    frame["train_s"] = frame["wall_s"] - frame["eval_s"].fillna(0.0)
     return frame
 
 
@@ -330,13 +332,15 @@ def phase_means(run: Run) -> Dict[str, float]:
 
 
 def time_to_target(run: Run, target: Optional[float]) -> float:
-    """Seconds (wall_s) at the first evaluation with test accuracy >= target; NaN if never or unknown."""
+    """Training seconds (train_s: wall_s less evaluations) at the first evaluation with test accuracy >= target,
+    at an epoch's end or within one (train.eval_every_steps); NaN if never or unknown."""
     if target is None or (isinstance(target, float) and math.isnan(target)):
         return math.nan
     if run.metrics is not None:
-        evals = run.metrics[(run.metrics["kind"] == "epoch") & run.metrics["test_acc"].notna()]
+        m = run.metrics
+        evals = m[m["kind"].isin(["epoch", "eval"]) & m["test_acc"].notna()].sort_values("step", kind="stable")
         hit = evals[evals["test_acc"] >= target]
-        return float(hit["wall_s"].iloc[0]) if len(hit) else math.nan
+        return float(hit["train_s"].iloc[0]) if len(hit) else math.nan
     if run.summary.get("target_acc") == target and run.summary.get("time_to_target_s") is not None:
         return float(run.summary["time_to_target_s"])
     return math.nan
@@ -388,6 +392,7 @@ def runs_frame(runs: Sequence[Run], target_acc: Optional[float] = None, relative
             "target_acc": _num(target),
             "time_to_target_s": time_to_target(run, None if target is None else float(target)),
             "train_wall_s": _num(s.get("train_wall_s")),
+            "collapse": (s.get("collapse") or {}).get("message") if isinstance(s.get("collapse"), dict) else None,
             **phase_means(run),
             "host": s.get("host"),
             "started_at": s.get("started_at"),
@@ -443,6 +448,7 @@ def _group_stats(runs: pd.DataFrame) -> dict:
         "time_to_target_s": float(np.median(ttt)) if runs["target_acc"].notna().any() else math.nan,
         "time_to_target_s_min": reached.min() if len(reached) else math.nan,
         "time_to_target_s_max": float(ttt.max()) if len(reached) else math.nan,  # inf if a run never got there
+        "collapsed": int(runs["collapse"].notna().sum()) if "collapse" in runs else 0,
     }
     for p in [*PHASES, "iter"]:
         row[f"t_{p}_ms"] = _median(runs[f"t_{p}_s"]) * 1000.0
@@ -575,9 +581,11 @@ def iteration_table(table: pd.DataFrame) -> str:
 def convergence_table(table: pd.DataFrame) -> str:
     shown, _ = _shown_settings(table)
     baseline = table["baseline"].dropna().iloc[0] if table["baseline"].notna().any() else "baseline"
+    collapsed = "collapsed" in table and (table["collapsed"] > 0).any()
     headers = [SETTING_LABELS.get(c, c) for c in shown] + [
         "strategy", "workers", "test accuracy (%)", f"gap to {baseline} (pp)", "target (%)",
-        "time to target (s)", "reached", f"time-to-target speedup vs {baseline}"]
+        "time to target (s)", "reached", f"time-to-target speedup vs {baseline}",
+        f"iteration speedup vs {baseline}", *(["collapsed"] if collapsed else [])]
     rows = []
     for _, r in table.iterrows():
         ttt_text = _ttt_cell(r)
@@ -587,8 +595,18 @@ def convergence_table(table: pd.DataFrame) -> str:
             "—" if not math.isfinite(gap) else f"{gap:+.2f}".replace("-", "−"),
             _f(r["target_acc"] * 100.0, ".1f"), ttt_text if math.isfinite(r["target_acc"]) else "—",
             f"{int(r['target_reached'])}/{int(r['runs'])}" if math.isfinite(r["target_acc"]) else "—",
-            _ratio(r["ttt_speedup"])])
+            _ratio(r["ttt_speedup"]), _ratio(r["speedup_vs_baseline"]),
+            *([f"**{int(r['collapsed'])}/{int(r['runs'])}**" if r["collapsed"] else "0"] if collapsed else [])])
     return _md_table(headers, rows)
+
+
+def collapse_lines(runs: pd.DataFrame) -> List[str]:
+    """A warning per complete run whose training loss sat at chance level (summary.json's collapse)."""
+    if "collapse" not in runs:
+        return []
+    hit = runs[(runs["status"] == "complete") & runs["collapse"].notna()]
+    return [f"- `{r['run']}` ({r['strategy']}, {r['world_size']} workers, seed {r['seed']}): {r['collapse']}"
+            for _, r in hit.iterrows()]
 
 
 def _ttt_cell(row: pd.Series) -> str:
@@ -656,14 +674,21 @@ def render_markdown(runs: pd.DataFrame, table: pd.DataFrame, missing: List[dict]
             "over one worker of the same strategy (throughput ratio at a fixed per-worker batch).", "",
             iteration_table(table), "",
             "## Convergence", "",
-            f"Test accuracy at the end of training, its gap to {base} in percentage points, and the wall-clock time "
-            "to first reach the target accuracy (a run that never did counts as infinitely slow).", "",
+            f"Test accuracy at the end of training, its gap to {base} in percentage points, and the training time "
+            "(wall-clock, test evaluations left out) to first reach the target accuracy (a run that never did counts "
+            f"as infinitely slow), with its speedup over {base} next to the per-iteration speedup.", "",
             convergence_table(table), "",
             "## Where the time goes", "",
             "Mean milliseconds per iteration after warm-up in each phase on rank 0 (communication wait is time "
             "blocked on reductions; other is the rest of the loop).", "",
             breakdown_table(table), "",
         ]
+    warnings = collapse_lines(runs)
+    if warnings:
+        out += ["## Warning: training collapsed to chance level", "",
+                "These runs completed, but their mean training loss sat at chance level, ln(classes), for a whole "
+                "epoch (asyncsgd.collapse): they stopped learning. Their numbers are in the tables above.", "",
+                *warnings, ""]
     out += ["## Runs that failed, did not finish or lack outputs", ""]
     out += problems if problems else [f"None: all {len(runs)} run(s) completed."]
     out += [""]
@@ -728,7 +753,9 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
 
     ``frame`` is runs_frame(runs): row i describes runs[i].
     """
-    key = "step" if kind == "iter" else "epoch"
+    # on a time axis, evaluations within epochs (kind "eval") are points of the accuracy curve too
+    kinds = [kind, "eval"] if kind == "epoch" and x != "epoch" else [kind]
+    key = "step" if kind == "iter" or x != "epoch" else "epoch"
     complete = frame[frame["status"] == "complete"]
     facets = _facets(frame)
     sizes = sorted(complete["world_size"].dropna().unique())
@@ -747,8 +774,8 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
                     m = runs[index].metrics
                     if m is None:
                         continue
-                    rows = m.loc[(m["kind"] == kind) & m[y].notna(), list(dict.fromkeys([key, x, y]))]
-                    if kind == "epoch":
+                    rows = m.loc[m["kind"].isin(kinds) & m[y].notna(), list(dict.fromkeys([key, x, y]))]
+                    if key == "epoch":
                         rows[key] = rows[key] + 1  # evaluations come at the end of an epoch: epochs completed
                     if len(rows):
                         curves.append(rows)
@@ -790,21 +817,24 @@ def _legend(fig, axes, title: str = "strategy") -> None:
                    ncols=min(len(labels), 4))
 
 
+TIME_LABEL = "training time since start (s, test evaluations left out)"
+
+
 def plot_loss(runs: Sequence[Run], frame: pd.DataFrame, path: Path, x: str = "step") -> None:
-    """Training loss (rank 0's local batch) against iteration or wall-clock time, per strategy."""
-    time_axis = x == "wall_s"
+    """Training loss (rank 0's local batch) against iteration or training time, per strategy."""
+    time_axis = x in ("wall_s", "train_s")
     _plot_curves(runs, frame, path, kind="iter", x=x, y="loss", smooth=True, log=True,
-                 title=f"Training loss vs {'wall-clock time' if time_axis else 'iteration'}",
-                 xlabel="wall-clock time since start (s)" if time_axis else "iteration",
+                 title=f"Training loss vs {'training time' if time_axis else 'iteration'}",
+                 xlabel=TIME_LABEL if time_axis else "iteration",
                  ylabel="training loss (rank 0 batch)")
 
 
 def plot_accuracy(runs: Sequence[Run], frame: pd.DataFrame, path: Path, x: str = "epoch") -> None:
-    """Test accuracy at each evaluation against epochs completed or wall-clock time."""
-    time_axis = x == "wall_s"
+    """Test accuracy at each evaluation against epochs completed or training time."""
+    time_axis = x in ("wall_s", "train_s")
     _plot_curves(runs, frame, path, kind="epoch", x=x, y="test_acc", scale=100.0,
-                 title=f"Test accuracy vs {'wall-clock time' if time_axis else 'epoch'}",
-                 xlabel="wall-clock time since start (s)" if time_axis else "epochs completed",
+                 title=f"Test accuracy vs {'training time' if time_axis else 'epoch'}",
+                 xlabel=TIME_LABEL if time_axis else "epochs completed",
                  ylabel="test accuracy (%)")
 
 
@@ -949,9 +979,9 @@ def make_report(dirs: Sequence[Path], out: Optional[Path] = None, baseline: str 
 
     paths = {name: out / file for name, file in PLOTS.items()}
     plot_loss(runs, frame, paths["loss_vs_iteration"], x="step")
-    plot_loss(runs, frame, paths["loss_vs_time"], x="wall_s")
+    plot_loss(runs, frame, paths["loss_vs_time"], x="train_s")
     plot_accuracy(runs, frame, paths["accuracy_vs_epoch"], x="epoch")
-    plot_accuracy(runs, frame, paths["accuracy_vs_time"], x="wall_s")
+    plot_accuracy(runs, frame, paths["accuracy_vs_time"], x="train_s")
     plot_speedup(table, paths["speedup_vs_workers"])
     plot_breakdown(table, paths["time_breakdown"])
     if varies_link_rate(table):  # a sweep over emulated links (scripts/bench-overlap --emulated A,B,C)

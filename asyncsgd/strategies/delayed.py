@@ -7,6 +7,10 @@ handed to a reduction is not touched again until that reduction is applied.
 ``flush`` completes the reductions in flight but keeps them queued (evaluation
 sees the true weights without changing the math); ``finish`` applies them when
 ``strategy.drain`` is true. k=0 is exactly ``sync``.
+
+``strategy.compensation`` adds staleness compensation rules
+(:mod:`asyncsgd.strategies.compensation`); the strategy calls their hooks at
+fixed points of the step and carries their state through checkpoints.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 
 from ..comm import DoneHandle, Handle
 from .base import Strategy
+from .compensation import Compensation
 
 
 class DelayedStrategy(Strategy):
@@ -31,11 +36,18 @@ class DelayedStrategy(Strategy):
         )
         self.in_flight: Deque[Tuple[int, Handle, torch.Tensor]] = deque()  # (step, handle, buffer), oldest first
         self.steps_taken = 0
+        self.compensation = Compensation(self.cfg, self.params, self.optimizer, self._flatten_into,
+                                         self._unflatten_from)
         return net
+
+    def zero_grad(self) -> None:
+        super().zero_grad()
+        self.compensation.begin_step()  # the forward of this step may run at predicted weights
 
     def synchronize(self) -> None:
         buffer = self._flatten_into(self.free.popleft(), self._grads())
         self.in_flight.append((self.steps_taken, self._reduce(buffer, f"allreduce step {self.steps_taken}"), buffer))
+        self.compensation.after_backward(self.steps_taken)
         self.steps_taken += 1
 
     def step(self) -> None:
@@ -45,8 +57,11 @@ class DelayedStrategy(Strategy):
     def _apply_oldest(self) -> None:
         step, handle, buffer = self.in_flight.popleft()
         self._wait(handle, f"step {step}")
+        self.compensation.correct(step, buffer)
         self._unflatten_from(buffer, self._grads())
+        self.compensation.before_update(step)
         self._update(self.optimizer, f"update with gradient of step {step}", grad_step=step)
+        self.compensation.after_update()
         self.free.append(buffer)
 
     def flush(self) -> None:
@@ -68,6 +83,7 @@ class DelayedStrategy(Strategy):
         state["steps_taken"] = self.steps_taken
         state["queue_steps"] = [step for step, _, _ in self.in_flight]
         state["queue"] = [buffer.clone() for _, _, buffer in self.in_flight]
+        state["compensation"] = self.compensation.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -81,6 +97,7 @@ class DelayedStrategy(Strategy):
             buffer = self.free.popleft()
             buffer.copy_(saved)
             self.in_flight.append((int(step), DoneHandle(buffer), buffer))  # reduced before it was saved
+        self.compensation.load_state_dict(state.get("compensation", {"rules": []}))
 
     def pending_steps(self) -> List[int]:
         return [step for step, _, _ in self.in_flight]
