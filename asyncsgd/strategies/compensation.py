@@ -90,19 +90,20 @@ class Compensation:
             self.dc_lambda, self.dc_adaptive, self.dc_beta = cfg.dc_lambda, cfg.dc_adaptive, cfg.dc_beta
             self.free: Deque[torch.Tensor] = deque(flat() for _ in range(self.k + 1))
             self.computed_at: Deque[Tuple[int, torch.Tensor]] = deque()  # (step, weights), oldest first
-            self.now = flat()  # scratch: the current weights
+            self.drift = flat()  # scratch: w_now - w_then
             self.mean_square = flat() if self.dc_adaptive else None
         if "predict" in self.rules:
             self.last_update = flat()  # w_t - w_{t-1}; zero until the first update
-            self.true_weights = flat()  # put back after backward
-            self.before = flat()  # scratch: the weights before an update
+            # w_t, put back after backward; the step's one update starts from it (see after_update)
+            self.true_weights = flat()
 
     # -- hooks, in the order a step calls them --------------------------------
     def begin_step(self) -> None:
         """``predict``: move to the weights predicted for the step this gradient will be applied at."""
-        if "predict" in self.rules and self.k > 0:
+        if "predict" in self.rules:
             self._flatten(self.true_weights, self._data())
-            self._unflatten(torch.add(self.true_weights, self.last_update, alpha=self.k), self._data())
+            if self.k > 0:
+                self._unflatten(torch.add(self.true_weights, self.last_update, alpha=self.k), self._data())
 
     def after_backward(self, step: int) -> None:
         """``dc``: remember the weights the gradient was computed at; ``predict``: back to the true weights."""
@@ -118,28 +119,28 @@ class Compensation:
             return
         step, then = self.computed_at.popleft()
         assert step == grad_step, f"dc: weights of step {step} met the gradient of step {grad_step}"
-        drift = self._flatten(self.now, self._data()).sub_(then)  # w_now - w_then
-        squared = grad * grad
+        # g*g*(w_now - w_then), computed in place: a few passes over flat buffers, no allocation
+        term = self._flatten(self.drift, self._data()).sub_(then).mul_(grad).mul_(grad)
         if self.dc_adaptive:
-            self.mean_square.mul_(self.dc_beta).add_(squared, alpha=1.0 - self.dc_beta)
-            lam = self.mean_square.add(DC_EPS).rsqrt_().mul_(self.dc_lambda)
-            grad.addcmul_(squared.mul_(lam), drift)
+            self.mean_square.mul_(self.dc_beta).addcmul_(grad, grad, value=1.0 - self.dc_beta)
+            root = then.copy_(self.mean_square).add_(DC_EPS).sqrt_()  # w_then's buffer is free now
+            grad.addcdiv_(term, root, value=self.dc_lambda)
         else:
-            grad.addcmul_(squared, drift, value=self.dc_lambda)
+            grad.add_(term, alpha=self.dc_lambda)
         self.free.append(then)
 
     def before_update(self, grad_step: int) -> None:
-        """``lr``: lr / staleness for this gradient; ``predict``: note the weights before the update."""
+        """``lr``: lr / staleness for this gradient."""
         if "lr" in self.rules:
             tau = staleness(grad_step, self.k)
             for group, lr in zip(self.optimizer.param_groups, self.base_lr):
                 group["lr"] = lr / tau if tau > 0 else lr
-        if "predict" in self.rules:
-            self._flatten(self.before, self._data())
 
     def after_update(self) -> None:
+        """``predict``: the update just made, w_{t+1} - w_t. A step makes at most one update, after
+        ``after_backward`` put w_t back; the drain at the end makes several, but predicts nothing after."""
         if "predict" in self.rules:
-            self._flatten(self.last_update, self._data()).sub_(self.before)
+            self._flatten(self.last_update, self._data()).sub_(self.true_weights)
 
     def _data(self) -> List[torch.Tensor]:
         return [p.data for p in self.params]

@@ -13,11 +13,11 @@ from ..conftest import read_summary, run_cli
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["backend=gloo", "world_size=2", "train.lr=0", "train.epochs=2", "seed=0"]
+ARGS = ["backend=gloo", "world_size=2", "train.lr=0", "seed=0"]
 
 
 def test_a_run_that_never_leaves_chance_is_flagged_in_log_and_summary(workdir):
-    result = run_cli([*ARGS, f"hydra.run.dir={workdir / 'run'}"], cwd=workdir)
+    result = run_cli([*ARGS, "train.epochs=1", f"hydra.run.dir={workdir / 'run'}"], cwd=workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = read_summary(workdir / "run")
     assert summary["status"] == "complete"
@@ -27,7 +27,8 @@ def test_a_run_that_never_leaves_chance_is_flagged_in_log_and_summary(workdir):
 
 
 def test_on_collapse_stop_ends_the_run_after_that_epoch(workdir):
-    result = run_cli([*ARGS, "train.on_collapse=stop", f"hydra.run.dir={workdir / 'run'}"], cwd=workdir)
+    result = run_cli([*ARGS, "train.epochs=2", "train.on_collapse=stop", f"hydra.run.dir={workdir / 'run'}"],
+                     cwd=workdir)
     assert result.returncode == 1
     summary = read_summary(workdir / "run")
     assert summary["status"] == "failed" and summary["collapse"]["kind"] == "never_learned"
