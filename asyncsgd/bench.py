@@ -11,10 +11,15 @@ measures exactly what users run), interleaving the repeats so that machine
 noise hits every strategy alike, and prints:
 
 - median ms/iteration and communication wait per iteration,
-- speedup over ``sync``,
+- speedup over ``sync``, and over the best DDP bucket size,
 - overlap efficiency = (T_sync - T) / (T_sync - max(T_compute, T_comm)), where
   T_comm is one fused allreduce of the whole gradient with nothing else running.
   1.0 means the strategy hid every second that could be hidden; 0 means none.
+
+A fair comparison sweeps the bucket size (``--buckets``, MiB): DDP runs once per
+size (its 25 MiB default puts most of a small CNN in one bucket that is ready
+only at the end of backward) and the best is the one to beat; each layerwise
+case runs per layer (its default) and once per size.
 """
 from __future__ import annotations
 
@@ -56,6 +61,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=40, help="steps per run (the first 5 are warm-up)")
     p.add_argument("--repeats", type=int, default=1, help="runs per strategy; medians are reported")
     p.add_argument("--strategies", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    p.add_argument("--buckets", default="1,4,25",
+                   help="bucket sizes in MiB (strategy.bucket_mb) that ddp runs with; the best is reported")
+    p.add_argument("--layerwise-buckets", default=None,
+                   help="bucket sizes in MiB for the layerwise cases, besides one bucket per layer "
+                        "(default: those of --buckets; 'none' for per layer only)")
     p.add_argument("--emulated", default=None, metavar="BANDWIDTH",
                    help="run every case on an emulated cluster (launcher=emulated) with links of this rate, "
                         "e.g. 1gbit, or several comma-separated (a sweep); needs root and iproute2 "
@@ -78,9 +88,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
         p.error(f"--batch {args.batch}: expected integers, e.g. 32 or 8,32,128")
+    args.bucket_sizes = _sizes(p, "--buckets", args.buckets)
+    args.layerwise_sizes = (args.bucket_sizes if args.layerwise_buckets is None
+                            else [] if args.layerwise_buckets == "none"
+                            else _sizes(p, "--layerwise-buckets", args.layerwise_buckets))
+    args.cases = expand_cases(args.strategies.split(","), args.bucket_sizes, args.layerwise_sizes)
     args.links = args.emulated.split(",") if args.emulated else [None]
     if args.emulated:
-        from .launch.netns import parse_rate
+        from .launch.link import parse_rate
         from .config import ConfigError
 
         for link in args.links:
@@ -91,6 +106,40 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.world_size < 1 or min(args.batches) < 1 or args.steps < 6 or args.repeats < 1:
         p.error("--world-size, --batch and --repeats must be >= 1, --steps >= 6")
     return args
+
+
+def _sizes(p: argparse.ArgumentParser, flag: str, text: str) -> List[float]:
+    try:
+        sizes = [float(v) for v in text.split(",")]
+    except ValueError:
+        p.error(f"{flag} {text}: expected sizes in MiB, e.g. 1,4,25")
+    if min(sizes) <= 0:
+        p.error(f"{flag} {text}: sizes must be > 0 MiB")
+    return sizes
+
+
+def expand_cases(names: List[str], ddp_sizes: List[float], layerwise_sizes: List[float]) -> Dict[str, List[str]]:
+    """Case name -> its overrides, with the bucket sweeps: ``ddp`` becomes ``ddp(4MB)``...,
+    and ``layerwise(priority)`` (per layer) gains ``layerwise(priority,4MB)``..."""
+    cases: Dict[str, List[str]] = {}
+    for name in names:
+        if name == "ddp":
+            sweep = [(f"ddp({mb:g}MB)", mb) for mb in ddp_sizes]
+        else:
+            cases[name] = CASES[name]
+            sweep = [(f"{name[:-1]},{mb:g}MB)", mb) for mb in layerwise_sizes] if name.startswith("layerwise") else []
+        for case, mb in sweep:
+            cases[case] = CASES[name] + [f"strategy.bucket_mb={mb:g}"]
+    return cases
+
+
+def family(case: str) -> str:
+    """The strategy a case belongs to, bucket size aside: ``ddp(4MB)`` -> ``ddp``,
+    ``layerwise(priority,4MB)`` -> ``layerwise(priority)``."""
+    if case.startswith("ddp"):
+        return "ddp"
+    head, _, size = case.rpartition(",")
+    return head + ")" if head and size.endswith("MB)") else case
 
 
 class Cell(NamedTuple):
@@ -146,22 +195,44 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     t_compute = med.get("nocomm", {}).get("iter_s")
     t_comm = med.get("sync", {}).get("allreduce_alone_s")
     limit = max(t_compute, t_comm) if t_compute is not None and t_comm is not None else None
+    # the best of each bucket sweep (and of ddp, the reference a new method must beat)
+    families: Dict[str, List[str]] = {}
+    for name in med:
+        families.setdefault(family(name), []).append(name)
+    best = {fam: min(members, key=lambda n: med[n]["iter_s"]) for fam, members in families.items()
+            if len(members) > 1 or fam == "ddp"}
+    t_ddp = med[best["ddp"]]["iter_s"] if "ddp" in best else None
     rows = []
     for name, m in med.items():
         efficiency = None
         if t_sync is not None and limit is not None and name != "nocomm" and t_sync - limit > 1e-9:
             efficiency = (t_sync - m["iter_s"]) / (t_sync - limit)
-        rows.append({
+        row = {
             "strategy": name,
             "ms_per_iter": m["iter_s"] * 1e3,
             "comm_wait_ms": m["comm_wait_s"] * 1e3,
             "speedup_vs_sync": t_sync / m["iter_s"] if t_sync else None,
             "overlap_efficiency": efficiency,
-        })
+        }
+        if t_ddp is not None:
+            row["speedup_vs_best_ddp"] = t_ddp / m["iter_s"]
+        rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
-                       limit_ms=(limit or float("nan")) * 1e3)
+                       limit_ms=(limit or float("nan")) * 1e3, best=best)
     return table
+
+
+def best_line(table: pd.DataFrame) -> str:
+    """``best DDP: ddp(4MB) 143.2 ms; best layerwise(priority): ...`` (empty without a sweep)."""
+    rows = table.set_index("strategy")
+    parts = []
+    for fam, name in sorted(table.attrs.get("best", {}).items(), key=lambda item: item[0] != "ddp"):
+        text = f"best {'DDP' if fam == 'ddp' else fam}: {name} {rows.loc[name, 'ms_per_iter']:.1f} ms"
+        if fam != "ddp" and "speedup_vs_best_ddp" in rows:
+            text += f" ({rows.loc[name, 'speedup_vs_best_ddp']:.2f}x the best DDP)"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
@@ -173,7 +244,9 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
         a = table.attrs
         text += (f"\n{cell.describe() + ': ' if several or cell.mode else ''}"
                  f"T_compute (nocomm) = {a['t_compute_ms']:.1f} ms, T_comm (fused allreduce alone) = "
-                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n\n")
+                 f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n")
+        best = best_line(table)
+        text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
     return text
 
@@ -186,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except SystemExit as exc:
         sys.exit(2 if exc.code else 0)
     out = args.out or Path("results") / "bench" / pd.Timestamp.now().strftime("%Y-%m-%d_%H-%M-%S")
-    names = args.strategies.split(",")
+    names = list(args.cases)
     cells = [Cell(m, link, b) for m in args.modes for link in args.links for b in args.batches]
     samples = {cell: {n: [] for n in names} for cell in cells}
     # interleaved repeats (within each link setting): machine noise hits every case alike
@@ -200,7 +273,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             slug = f"{cell.link or 'loopback'}-b{cell.batch}/{slug}"
         slug = re.sub(r"[^A-Za-z0-9/]+", "-", slug).strip("-")  # Hydra's grammar dislikes ( ) =
         try:
-            samples[cell][name].append(run_case(out / f"{slug}-{repeat}", common_overrides(args, cell) + CASES[name]))
+            samples[cell][name].append(run_case(out / f"{slug}-{repeat}",
+                                                common_overrides(args, cell) + args.cases[name]))
         except RuntimeError as exc:
             print(f"asyncsgd-bench: {exc}", file=sys.stderr)
             sys.exit(1)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from .config import ConfigError, register_configs
 from .launch.environment import detect
+from .validate import CONFIG_MODULE, config_files
 
 log = logging.getLogger("asyncsgd")
 
@@ -169,13 +170,20 @@ def _hydra_args(argv: List[str]):
     return get_args_parser().parse_args(argv)
 
 
-_hydra_main = hydra.main(config_path="conf", config_name="config", version_base="1.3")(_task)
+# The configs by package, not by path: the same under ``python -m asyncsgd.cli``, an
+# editable install (asyncsgd.conf is the checkout's conf/) and a wheel.
+_hydra_main = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")(_task)
 
 
 def run(argv: List[str] | None = None) -> None:
     """``asyncsgd-run``: validate everything, then hand over to Hydra."""
     argv = _resume_shorthand(sys.argv[1:] if argv is None else argv)
     register_configs()
+    try:
+        config_files()  # before Hydra, whose own message would not say how to fix it
+    except ConfigError as exc:
+        print(f"asyncsgd-run: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     args = _hydra_args(argv)
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     if not informational:
@@ -213,8 +221,8 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def report(argv: List[str] | None = None) -> None:
-    """``asyncsgd-report DIR [DIR ...]``: tables (markdown, CSV) and plots from run dirs."""
+def report_parser() -> argparse.ArgumentParser:
+    """asyncsgd-report's arguments (the docs test parses every command line it shows with this)."""
     parser = _OneLineParser(
         prog="asyncsgd-report",
         description="Speedup and convergence tables (report.md, speedup.csv, runs.csv) and plots (PNG) "
@@ -227,7 +235,12 @@ def report(argv: List[str] | None = None) -> None:
     parser.add_argument("--target-acc", type=float, metavar="A",
                         help="test accuracy (fraction, e.g. 0.95) for time to target; default: each dataset's target_acc")
     parser.add_argument("--title", help="heading of report.md, e.g. the machine and date of the runs")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def report(argv: List[str] | None = None) -> None:
+    """``asyncsgd-report DIR [DIR ...]``: tables (markdown, CSV) and plots from run dirs."""
+    args = report_parser().parse_args(sys.argv[1:] if argv is None else argv)
 
     from .report import ReportError, make_report
 

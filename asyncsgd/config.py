@@ -1,6 +1,7 @@
 """Typed config schema: one base dataclass per Hydra group, one subclass per choice.
 
-The YAML files under ``asyncsgd/conf`` pick a schema through their defaults list
+The YAML files under the top-level ``conf/`` (installed as the package
+``asyncsgd.conf``) pick a schema through their defaults list
 (``- base_<choice>``), so Hydra rejects misspelled keys and wrong types while
 composing. ``OmegaConf.to_object`` then builds these dataclasses, and each
 ``__post_init__`` checks values and names the override to fix. Checks that need
@@ -15,9 +16,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message is one line naming the key to fix."""
+from .errors import ConfigError  # defined below everything that raises it; importable from here as before
+from .launch.link import LinkSpec
 
 
 def _require(ok: bool, message: str) -> None:
@@ -407,8 +407,6 @@ class ClusterConfig:
     mpi_netmod: str = "ofi"  # MPICH ch4 netmod over TCP: ofi (libfabric tcp provider) or ucx
 
     def __post_init__(self) -> None:
-        from .launch.netns import LinkSpec
-
         LinkSpec.from_config(self)  # raises ConfigError naming the cluster.* key
         _one_of("cluster.mpi_netmod", self.mpi_netmod, MPI_NETMODS)
 
@@ -464,11 +462,12 @@ class FaultConfig:
 
     rank: Optional[int] = None  # which rank fails; null = no fault
     step: int = 0  # at the start of this step
-    # raise an exception, kill (SIGKILL itself), or nan (this rank's loss becomes NaN)
+    # raise an exception, kill (SIGKILL itself), nan (this rank's loss becomes NaN),
+    # or hang (alive but stuck: its peers' collectives time out after backend.timeout_s)
     kind: str = "raise"
 
     def __post_init__(self) -> None:
-        _one_of("fault.kind", self.kind, ["raise", "kill", "nan"])
+        _one_of("fault.kind", self.kind, ["raise", "kill", "nan", "hang"])
         _require(self.step >= 0, f"fault.step={self.step} must be >= 0")
 
 

@@ -9,17 +9,19 @@ batches of b consecutive shard elements) produces exactly that order, so it is
 used as is; incomplete global batches at the end of an epoch are dropped so that
 every step averages over the same B samples in both runs.
 
-Random augmentation keeps that promise too: :class:`SeededAugment` draws each
-sample's crop from (seed, epoch, index), so the P-worker and 1-worker runs see
-the same pixels, whichever process decodes them. The on-disk image sets live in
-:mod:`asyncsgd.image_data` (imported only when used: torchvision is slow to import).
+Random augmentation keeps that promise too:
+:class:`asyncsgd.dataset_base.SeededAugment` draws each sample's crop from
+(seed, epoch, index), so the P-worker and 1-worker runs see the same pixels,
+whichever process decodes them. This module holds the in-memory sets (digits,
+synthetic), picks the family of a ``dataset=`` choice and builds the loaders;
+the on-disk image sets live in :mod:`asyncsgd.image_data` (imported only when
+used: torchvision is slow to import). Both families build on
+:mod:`asyncsgd.dataset_base`; image_data never imports this module.
 """
 from __future__ import annotations
 
 import itertools
 import math
-
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
@@ -27,14 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 from .config import ConfigError, DatasetConfig, ImageNetConfig, TorchvisionSetConfig
-
-
-@dataclass
-class DataSplits:
-    train: Dataset
-    test: Dataset
-    input_shape: Tuple[int, ...]  # one sample, without the batch dimension
-    num_classes: int
+from .dataset_base import DataSplits, SeededAugment  # noqa: F401 - SeededAugment re-exported
 
 
 def _on_disk(cfg: DatasetConfig) -> bool:
@@ -167,34 +162,6 @@ def _synthetic(cfg, seed: int) -> DataSplits:
     train = SyntheticImages(shape, cfg.num_classes, cfg.num_train, cfg.noise, seed * 2 + 1, means)
     test = SyntheticImages(shape, cfg.num_classes, cfg.num_test, cfg.noise, seed * 2 + 2, means)
     return DataSplits(train, test, shape, cfg.num_classes)
-
-
-class SeededAugment(Dataset):
-    """Applies a random ``transform`` to ``dataset[i]`` with torch's RNG seeded by (seed, epoch, i).
-
-    Keyed by the sample, not by the process: the crop of sample i in epoch e is the
-    same in a P-worker run, a 1-worker run and with any number of DataLoader
-    processes. The training process's own RNG stream (dropout) is left untouched.
-    :class:`EpochSampler` tells it the epoch.
-    """
-
-    def __init__(self, dataset: Dataset, transform, seed: int):
-        self.dataset, self.transform, self.seed = dataset, transform, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        x, y = self.dataset[index]
-        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + int(index)) % (2**63)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed)
-            x = self.transform(x)
-        return x, y
 
 
 class EpochSampler(DistributedSampler):

@@ -16,7 +16,7 @@ Two deliberate departures from torchvision's defaults:
   and the checksum also rejects smaller sets written in the same format (the
   tests build such sets). ``dataset.download=true`` still verifies the archive.
 - Random training augmentation draws from a generator seeded by
-  (seed, epoch, sample index) (:class:`asyncsgd.data.SeededAugment`), so a
+  (seed, epoch, sample index) (:class:`asyncsgd.dataset_base.SeededAugment`), so a
   P-worker run sees the same crops as a 1-worker run, whatever the number of
   DataLoader processes.
 """
@@ -42,7 +42,7 @@ from .config import (
     ImageNetConfig,
     TorchvisionSetConfig,
 )
-from .data import DataSplits, SeededAugment
+from .dataset_base import DataSplits, SeededAugment
 from . import idx
 
 log = logging.getLogger("asyncsgd")

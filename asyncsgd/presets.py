@@ -9,18 +9,17 @@ files come from several branches of work (strategies, datasets), so the tests an
 """
 from __future__ import annotations
 
-import importlib.resources
 from typing import List, Tuple
 
 from omegaconf import OmegaConf
 
-from .validate import CONFIG_MODULE, options
+from .validate import config_files, options
 
 Option = Tuple[str, str]  # (group, option), e.g. ("strategy", "layerwise")
 
 
 def _conf():
-    return importlib.resources.files(CONFIG_MODULE)
+    return config_files()
 
 
 def _is_group(group: str) -> bool:

@@ -13,7 +13,7 @@ activations that module backward hooks cannot handle.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,6 +22,7 @@ from torch import nn
 from .io import atomic_write_json
 
 COMPUTE, COMM, WAITS = 0, 1, 2
+_NOTHING = nullcontext()
 TRACK_NAMES = {COMPUTE: "compute (per layer)", COMM: "communication (reductions)", WAITS: "training thread waits/updates"}
 
 
@@ -51,8 +52,14 @@ class Timeline:
                 "args": {"step": self.step, **args},
             })
 
-    @contextmanager
     def region(self, name: str, track: int = WAITS, **args):
+        """``with timeline.region(name):`` draws the block as a span (nothing outside the recorded steps)."""
+        if not self.active:  # every wait and update passes here: cost nothing when not recording
+            return _NOTHING
+        return self._region(name, track, **args)
+
+    @contextmanager
+    def _region(self, name: str, track: int, **args):
         start = time.perf_counter()
         try:
             yield

@@ -22,14 +22,36 @@ from .config import (GROUPS, CheckpointConfig, ClusterConfig, Config, ConfigErro
                      TrainConfig, register_configs)
 from .launch.environment import find_executable
 
+# The repository's top-level conf/, installed as this package (setup.py maps it).
 CONFIG_MODULE = "asyncsgd.conf"
+
+
+def config_files():
+    """The installed configs as an importlib.resources Traversable; ConfigError if they cannot be found.
+
+    A checkout from before the configs moved to conf/ may keep an ``asyncsgd/conf/``
+    folder holding only ``__pycache__`` (git leaves ignored files behind), which
+    Python then imports as an empty namespace package in place of the real one.
+    """
+    import importlib.resources
+
+    try:
+        files = importlib.resources.files(CONFIG_MODULE)
+        found = files.joinpath("config.yaml").is_file()
+    except (ImportError, TypeError):
+        files, found = None, False
+    if not found:
+        where = f" at {files}" if files is not None else ""
+        raise ConfigError(
+            f"the configs (package {CONFIG_MODULE}{where}) have no config.yaml: reinstall asyncsgd "
+            "(./scripts/setup, or pip install -e .), and delete an asyncsgd/conf/ folder left from an older checkout"
+        )
+    return files
 
 
 def options(group: str) -> List[str]:
     """The public choices of a config group (schemas named base_* are internal)."""
-    import importlib.resources
-
-    files = importlib.resources.files(CONFIG_MODULE).joinpath(group)
+    files = config_files().joinpath(group)
     found = sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml")) if files.is_dir() else []
     return found or sorted(GROUPS.get(group, {}))
 
@@ -109,6 +131,7 @@ def _compose_master(overrides: List[str]) -> DictConfig:
 def compose_jobs(overrides: List[str], multirun: bool) -> List[Config]:
     """Compose and type-check every job (a preset's sweep included); raises ConfigError with one line."""
     register_configs()
+    config_files()
     _check_launcher_plugin(overrides)
     GlobalHydra.instance().clear()
     configs = []
@@ -178,7 +201,7 @@ def check_combination(cfg: Config) -> None:
             "updates layer by layer; use strategy.wait_at=step or drop train.grad_clip_norm"
         )
     if cfg.launcher.name == "emulated":
-        from .launch.netns import LinkSpec
+        from .launch.link import LinkSpec
 
         if cfg.backend.name not in ("gloo", "mpi"):
             raise ConfigError(f"launcher=emulated runs backend=gloo or backend=mpi, not backend={cfg.backend.name}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import re
 import signal
 import subprocess
@@ -197,7 +196,6 @@ def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
 
     # Children inherit the agent's environment; the agent is this process.
     os.environ.update(env)
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -211,7 +209,8 @@ def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
     )
     log.info("starting %d %s workers with torch's elastic agent", cfg.world_size, cfg.backend.name)
     try:
-        results = elastic_launch(config, elastic_entry)(str(run_dir))
+        with agent_logs_to_file(run_dir):
+            results = elastic_launch(config, elastic_entry)(str(run_dir))
     except ChildFailedError as exc:
         raise _elastic_failure(run_dir, exc) from None
     except SignalException as exc:
@@ -219,6 +218,45 @@ def _launch_elastic(cfg: Config, run_dir: Path, env: Dict[str, str]) -> None:
         raise WorkerFailure(None, f"interrupted ({signal.Signals(exc.sigval).name})", interrupted=True) from None
     if INTERRUPTED in results.values():
         raise WorkerFailure(None, "interrupted: the workers stopped at a step boundary", interrupted=True)
+
+
+# The agent's own loggers: a worker's exit logged with a traceback (ProcessExitedException),
+# the signals it sends to the others.
+AGENT_LOGGERS = ("torch.distributed.elastic", "torch.multiprocessing")
+
+
+@contextlib.contextmanager
+def agent_logs_to_file(run_dir: Path):
+    """Send the elastic agent's messages to the run's log instead of the terminal.
+
+    When a worker dies the agent logs a multi-line traceback before we can say which
+    rank failed and why; the terminal should get that one line (from the CLI), the
+    run's log the detail. The run's log is Hydra's job log file when there is one.
+    """
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    own = None
+    if not handlers:
+        own = logging.FileHandler(run_dir / "agent.log")
+        own.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        handlers = [own]
+    saved = []
+    for name in AGENT_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False  # not up to torch's stderr handler
+        for h in handlers:
+            logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for logger, level, propagate in saved:
+            for h in handlers:
+                logger.removeHandler(h)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        if own is not None:
+            own.close()
 
 
 def _elastic_failure(run_dir: Path, exc) -> WorkerFailure:

@@ -1,6 +1,11 @@
 """The emulated cluster's network: one namespace per worker, veth links to a
 switch, every link rate-limited with tc's ``tbf`` in both directions.
 
+Its life cycle: build (:meth:`EmulatedCluster.up`), run in (the ``prefix``,
+``*_env`` and ``mpiexec_command`` helpers), tear down (:meth:`EmulatedCluster.down`,
+:func:`cleanup`). What one link is -- rate, burst, queue, latency -- is the value
+type :class:`asyncsgd.launch.link.LinkSpec` (re-exported here).
+
 Layout of one cluster (suffix ``S``, P workers; nothing is created in the root
 namespace but the namespace names, so the machine's own network is untouched)::
 
@@ -47,7 +52,6 @@ kills any process left in the namespaces and deletes them.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -58,9 +62,13 @@ import subprocess
 import sys
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
+
+from ..errors import ConfigError
+# The link model lives in .link (config.py needs it without the cluster); re-exported here,
+# where the benchmarks and the docs import it from.
+from .link import MIN_BURST, LinkSpec, format_rate, parse_rate, parse_size, parse_time_us  # noqa: F401
 
 log = logging.getLogger("asyncsgd")
 
@@ -68,140 +76,11 @@ PREFIX = "asg"
 IFACE = "asgnet"  # the worker's interface name, the same in every namespace
 BRIDGE = "br0"
 STATE_ROOT = Path("/run/asyncsgd-emulated")
-PRIVATE_RANGES = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
 _NAME_RE = re.compile(rf"^{PREFIX}-([0-9a-f]{{8}})-(sw|\d+)$")
-MIN_BURST = 16 * 1024  # bytes: a few MTU-sized packets, so tbf never stalls on one frame
 
 
 class ClusterError(RuntimeError):
     """The emulated network could not be built (the message says which command failed)."""
-
-
-# ---------------------------------------------------------------- units (tc's)
-_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
-_SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2}
-_TIME_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6}
-_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-
-
-def _parse(text: str, units: Dict[str, float], key: str, example: str) -> float:
-    match = re.fullmatch(_NUMBER + r"\s*([a-z]+)", str(text).strip().lower())
-    if not match or match.group(2) not in units:
-        from ..config import ConfigError
-
-        raise ConfigError(
-            f"{key}={text!r} is not understood; write a number and one of {', '.join(units)} (e.g. {example})"
-        )
-    return float(match.group(1)) * units[match.group(2)]
-
-
-def parse_rate(text: str, key: str = "cluster.bandwidth") -> int:
-    """``"200mbit"`` -> 200_000_000 (bits per second, decimal prefixes as tc)."""
-    return int(_parse(text, _RATE_UNITS, key, "200mbit, 1gbit"))
-
-
-def parse_size(text: str, key: str = "cluster.burst") -> int:
-    """``"64kb"`` -> 65536 (bytes, binary prefixes as tc)."""
-    return int(_parse(text, _SIZE_UNITS, key, "32kb"))
-
-
-def parse_time_us(text: str, key: str) -> float:
-    """``"1ms"`` -> 1000.0 (microseconds)."""
-    return _parse(text, _TIME_UNITS, key, "100us, 1ms")
-
-
-def format_rate(bps: float) -> str:
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.4g} {unit}"
-    return f"{bps:.0f} bit/s"
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """One link's settings, in plain units (bits/s, bytes, microseconds)."""
-
-    rate_bps: int
-    latency_us: Optional[float] = None  # one-way, worker to worker; None = no netem
-    burst_bytes: Optional[int] = None  # None = 1 ms at the rate, at least MIN_BURST
-    queue_us: float = 100_000.0
-    mtu: int = 1500
-    subnet: str = "10.213.0.0/24"
-
-    def __post_init__(self) -> None:
-        from ..config import ConfigError
-
-        if self.rate_bps < 8_000:
-            raise ConfigError(f"cluster.bandwidth={format_rate(self.rate_bps)} is too low; use at least 8kbit")
-        if self.latency_us is not None and self.latency_us < 0:
-            raise ConfigError(f"cluster.latency={self.latency_us}us must be >= 0")
-        if self.burst_bytes is not None and self.burst_bytes < self.mtu:
-            raise ConfigError(f"cluster.burst={self.burst_bytes} bytes must be at least cluster.mtu={self.mtu}")
-        if self.queue_us <= 0:
-            raise ConfigError(f"cluster.queue={self.queue_us}us must be > 0")
-        if not 576 <= self.mtu <= 65535:
-            raise ConfigError(f"cluster.mtu={self.mtu} must be in [576, 65535] bytes")
-        self.network  # validates the subnet
-
-    @classmethod
-    def parse(cls, bandwidth: str, latency: Optional[str] = None, burst: Optional[str] = None,
-              queue: str = "100ms", mtu: int = 1500, subnet: str = "10.213.0.0/24") -> "LinkSpec":
-        return cls(
-            rate_bps=parse_rate(bandwidth),
-            latency_us=parse_time_us(latency, "cluster.latency") if latency not in (None, "") else None,
-            burst_bytes=parse_size(burst) if burst not in (None, "") else None,
-            queue_us=parse_time_us(queue, "cluster.queue"),
-            mtu=int(mtu),
-            subnet=subnet,
-        )
-
-    @classmethod
-    def from_config(cls, cluster) -> "LinkSpec":
-        """From a :class:`asyncsgd.config.ClusterConfig`; ConfigError names the key."""
-        return cls.parse(cluster.bandwidth, cluster.latency, cluster.burst, cluster.queue, cluster.mtu, cluster.subnet)
-
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        from ..config import ConfigError
-
-        try:
-            net = ipaddress.IPv4Network(self.subnet, strict=True)
-        except ValueError as exc:
-            raise ConfigError(f"cluster.subnet={self.subnet!r} is not an IPv4 network ({exc})") from None
-        if not any(net.subnet_of(r) for r in PRIVATE_RANGES):
-            raise ConfigError(
-                f"cluster.subnet={self.subnet} is not a private range; use one inside 10.0.0.0/8, "
-                "172.16.0.0/12 or 192.168.0.0/16"
-            )
-        if net.num_addresses < 4:
-            raise ConfigError(f"cluster.subnet={self.subnet} is too small for one worker and the switch")
-        return net
-
-    @property
-    def max_workers(self) -> int:
-        """Host addresses in the subnet, less the switch's."""
-        return self.network.num_addresses - 3
-
-    @property
-    def burst(self) -> int:
-        if self.burst_bytes is not None:
-            return self.burst_bytes
-        # One millisecond at the rate: small enough that a link looks like a
-        # constant-rate wire, large enough that the kernel's timer need not
-        # fire per packet at 1-10 Gbit/s.
-        return max(MIN_BURST, 2 * self.mtu, self.rate_bps // 8 // 1000)
-
-    def describe(self) -> dict:
-        return {
-            "bandwidth_bps": self.rate_bps,
-            "bandwidth": format_rate(self.rate_bps),
-            "latency_us": self.latency_us,
-            "burst_bytes": self.burst,
-            "queue_us": self.queue_us,
-            "mtu": self.mtu,
-            "subnet": self.subnet,
-            "shaping": "tbf on both ends of every worker link (upload and download)",
-        }
 
 
 # ---------------------------------------------------------------- host checks
@@ -280,8 +159,6 @@ class EmulatedCluster:
 
     def __init__(self, world_size: int, link: LinkSpec, suffix: Optional[str] = None,
                  state_root: Path = STATE_ROOT):
-        from ..config import ConfigError
-
         if world_size < 1:
             raise ConfigError(f"world_size={world_size} must be >= 1")
         if world_size > link.max_workers:

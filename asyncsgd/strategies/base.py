@@ -9,7 +9,9 @@ The training loop is the same for every strategy::
     strategy.step()                 # the update(s) due at this step
 
 A strategy is composed with the model by :meth:`attach`, owns its hooks,
-handles and buffers, and removes them in :meth:`close`. :meth:`flush` completes
+handles and buffers, and removes them in :meth:`close` — ``close(abort=True)``
+after a failure, when a peer may be gone: then it waits for nothing, applies
+nothing and raises nothing. :meth:`flush` completes
 every reduction in flight so that evaluation and checkpoints see the true
 current weights; :meth:`finish` ends training (flush, plus whatever the
 strategy still owes). :meth:`state_dict` / :meth:`load_state_dict` carry the
@@ -19,10 +21,15 @@ a checkpoint; they are called only after :meth:`flush`.
 Before every update the reduced gradient is checked for NaN/inf
 (``train.nonfinite``): it is the same tensor on every rank, so every rank makes
 the same decision without an extra collective.
+
+A strategy whose step makes a reduction anyway may lend one element of it to
+the stop flag (:class:`~asyncsgd.stopping.StopFlagSlot`, ``stop_slot``), so a
+step issues no collective the algorithm does not need.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import math
 import time
 from typing import Callable, Iterable, List, Optional
 
@@ -31,6 +38,7 @@ from torch import nn
 
 from ..comm import Communicator, Handle
 from ..metrics import PhaseTimer
+from ..stopping import StopFlagSlot
 from ..timeline import Timeline
 
 class NonFiniteGradient(RuntimeError):
@@ -54,6 +62,12 @@ class Strategy(ABC):
         self.nonfinite = "stop"  # train.nonfinite: stop | skip
         self.skipped = 0  # updates skipped because their gradient was not finite
         self.steps_done = 0  # step() calls, to name the step of a bad gradient
+        # An element of a reduction this strategy makes anyway that carries the stop flag;
+        # None: asyncsgd.stopping makes a reduction of its own for it.
+        self.stop_slot: Optional[StopFlagSlot] = None
+        # Every gradient as a view of one flat buffer (_flat_gradients), or None.
+        self.flat_grad: Optional[torch.Tensor] = None
+        self._grad_views: List[torch.Tensor] = []
 
     def attach(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         """Take charge of ``model``'s gradients; returns the module to run forward on."""
@@ -64,7 +78,13 @@ class Strategy(ABC):
         return model
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=False)
+        if self.flat_grad is None:
+            self.optimizer.zero_grad(set_to_none=False)
+            return
+        for p, view in zip(self.params, self._grad_views):
+            if p.grad is not view:  # something replaced it (e.g. zero_grad(set_to_none=True)): view again
+                p.grad = view
+        self.flat_grad.zero_()  # one kernel, where the optimizer's zero_grad loops in Python
 
     @abstractmethod
     def synchronize(self) -> None:
@@ -100,10 +120,12 @@ class Strategy(ABC):
         self.skipped = int(state["skipped"])
 
     # -- helpers shared by the strategies ---------------------------------------
-    def _reduce(self, tensor: torch.Tensor, label: str, grad_step: Optional[int] = None) -> Handle:
-        """Start averaging ``tensor`` (the gradient of step ``grad_step``) over all workers; the timeline draws it."""
+    def _reduce(self, tensor: torch.Tensor, label: str, grad_step: Optional[int] = None,
+                average: bool = True) -> Handle:
+        """Start averaging (or, ``average=False``, summing) ``tensor`` (the gradient of step ``grad_step``)
+        over all workers; the timeline draws it."""
         started = time.perf_counter()
-        handle = self.comm.allreduce_async(tensor)
+        handle = self.comm.allreduce_async(tensor, average=average)
         self.timeline.reduction(label, handle, started, tensor.numel() * tensor.element_size(), grad_step)
         return handle
 
@@ -127,7 +149,10 @@ class Strategy(ABC):
         grads = [p.grad for p in params if p.grad is not None]
         # Fast path: NaN and inf survive a sum (0.15 ms for 2.4M values, isfinite per element
         # costs 6 ms); only a non-finite sum, which overflow could also give, is checked exactly.
-        if not grads or bool(torch.isfinite(torch.stack([g.sum() for g in grads]).sum())):
+        # With a flat gradient buffer (whose extra elements are finite) it is one sum.
+        total = (self.flat_grad.sum() if self.flat_grad is not None
+                 else torch.stack([g.sum() for g in grads]).sum() if grads else None)
+        if total is None or math.isfinite(total.item()):
             return True
         if all(bool(torch.isfinite(g).all()) for g in grads):
             return True
@@ -146,8 +171,12 @@ class Strategy(ABC):
         """End of training: after this the model holds the final weights."""
         self.flush()
 
-    def close(self) -> None:
-        """Remove hooks and free buffers."""
+    def close(self, abort: bool = False) -> None:
+        """Remove hooks and free buffers.
+
+        ``abort``: training ended with an error and a peer may be gone. Wait for no
+        reduction, apply no update, raise nothing: drop what is in flight (the process
+        is about to end; the first error is the one to report)."""
 
     @property
     def stop_lag(self) -> int:
@@ -168,19 +197,38 @@ class Strategy(ABC):
         return buffer
 
     @staticmethod
-    def _unflatten_from(buffer: torch.Tensor, tensors: List[torch.Tensor]) -> None:
+    def _unflatten_from(buffer: torch.Tensor, tensors: List[torch.Tensor], scale: float = 1.0) -> None:
+        """Copy ``buffer`` back into ``tensors``, times ``scale``: a summed reduction becomes the
+        average in the copy that is made anyway, instead of in a pass of its own."""
         offset = 0
         for t in tensors:
-            t.copy_(buffer[offset: offset + t.numel()].view_as(t))
+            part = buffer[offset: offset + t.numel()].view_as(t)
+            if scale == 1.0:
+                t.copy_(part)
+            else:
+                torch.mul(part, scale, out=t)
             offset += t.numel()
 
-    def _grads(self) -> List[torch.Tensor]:
-        # A parameter that took no part in this loss still contributes a zero
-        # gradient, so every rank reduces the same tensors in the same order.
+    def _flat_gradients(self, extra: int = 0) -> Optional[torch.Tensor]:
+        """Make every parameter's ``.grad`` a view of one flat buffer with ``extra`` more elements
+        at its end, and return the buffer (None when the parameters differ in dtype or device).
+
+        Backward accumulates into the views in place, so the gradient is already flat for a
+        reduction (no copy in or out), zeroing and the non-finite check are one kernel each,
+        and a parameter that took no part in the loss still has a (zero) gradient: every rank
+        reduces the same tensors in the same order. Call from ``attach``, for strategies
+        whose one optimizer updates ``self.params``."""
+        like = self.params[0]
+        if any(p.dtype != like.dtype or p.device != like.device for p in self.params):
+            return None
+        flat = torch.zeros(sum(p.numel() for p in self.params) + extra, dtype=like.dtype, device=like.device)
+        offset, views = 0, []
         for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return [p.grad for p in self.params]
+            views.append(flat[offset: offset + p.numel()].view_as(p))
+            p.grad = views[-1]
+            offset += p.numel()
+        self.flat_grad, self._grad_views = flat, views
+        return flat
 
     def describe(self) -> dict:
         return {"strategy": self.name, "warnings": list(self.warnings)}

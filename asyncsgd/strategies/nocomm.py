@@ -11,5 +11,10 @@ from .base import Strategy
 class NoCommStrategy(Strategy):
     name = "nocomm"
 
+    def attach(self, model, make_optimizer):
+        net = super().attach(model, make_optimizer)
+        self._flat_gradients()  # zeroing and the non-finite check in one kernel each, as in sync
+        return net
+
     def synchronize(self) -> None:
         pass

@@ -32,11 +32,13 @@ def _one_line_error(result, *needles):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("target", ["launcher", "rank1"])
-def test_sigterm_stops_every_worker_at_one_step_then_resume_finishes(workdir, backend, target):
+# The stop flag travels in the gradient's reduction (sync: read the same step; delayed k=2: two steps later)
+@pytest.mark.parametrize("target, strategy", [("launcher", ["strategy=sync"]),
+                                              ("rank1", ["strategy=delayed", "strategy.k=2"])], ids=["launcher", "rank1"])
+def test_sigterm_stops_every_worker_at_one_step_then_resume_finishes(workdir, backend, target, strategy):
     run_dir = workdir / "run"
-    cmd = [sys.executable, "-m", "asyncsgd.cli", f"backend={backend}", "train.epochs=200", "train.eval_every_epochs=0",
-           "checkpoint.every_steps=100", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "asyncsgd.cli", f"backend={backend}", *strategy, "train.epochs=200",
+           "train.eval_every_epochs=0", "checkpoint.every_steps=100", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = run_dir / "checkpoints" / "step-00000100.pt"
     deadline = time.monotonic() + 120
@@ -57,7 +59,7 @@ def test_sigterm_stops_every_worker_at_one_step_then_resume_finishes(workdir, ba
     assert "Traceback" not in stderr
 
     # finish a little later than the stop (train.max_steps is not meaning-bearing)
-    resumed = run_cli([f"backend={backend}", "train.epochs=200", "train.eval_every_epochs=0",
+    resumed = run_cli([f"backend={backend}", *strategy, "train.epochs=200", "train.eval_every_epochs=0",
                        "checkpoint.every_steps=100", f"train.max_steps={stopped + 30}", "resume=auto",
                        f"hydra.run.dir={run_dir}"], cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

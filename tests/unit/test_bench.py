@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncsgd.bench import Cell, common_overrides, parse_args, render, summarize
+from asyncsgd.bench import Cell, common_overrides, expand_cases, family, parse_args, render, summarize
 
 
 def _runs(*iter_ms, wait_ms=0.0, alone_ms=None):
@@ -59,3 +59,38 @@ def test_a_sweep_over_links_and_batches():
     for bad in (["--emulated", "1gbit,fast"], ["--batch", "8,x"], ["--batch", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_ddp_and_layerwise_run_a_bucket_sweep():
+    args = parse_args(["--strategies", "sync,layerwise(priority),ddp", "--buckets", "1,4,25"])
+    assert list(args.cases) == ["sync", "layerwise(priority)", "layerwise(priority,1MB)", "layerwise(priority,4MB)",
+                                "layerwise(priority,25MB)", "ddp(1MB)", "ddp(4MB)", "ddp(25MB)"]
+    assert args.cases["ddp(4MB)"] == ["strategy=ddp", "strategy.bucket_mb=4"]
+    assert args.cases["layerwise(priority,1MB)"][-1] == "strategy.bucket_mb=1"
+    assert "strategy.bucket_mb" not in " ".join(args.cases["layerwise(priority)"])  # per layer, its default
+    only_ddp = parse_args(["--strategies", "layerwise(step),ddp", "--buckets", "0.5,25", "--layerwise-buckets", "none"])
+    assert list(only_ddp.cases) == ["layerwise(step)", "ddp(0.5MB)", "ddp(25MB)"]
+    assert expand_cases(["ddp"], [2], [])["ddp(2MB)"][-1] == "strategy.bucket_mb=2"
+    assert [family(n) for n in ("ddp(4MB)", "layerwise(priority,4MB)", "layerwise(priority)", "delayed(k=1)")] == [
+        "ddp", "layerwise(priority)", "layerwise(priority)", "delayed(k=1)"]
+    for bad in (["--buckets", "0,4"], ["--buckets", "big"], ["--layerwise-buckets", "1,x"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_speedup_over_the_best_ddp_bucket_size():
+    samples = {
+        "nocomm": _runs(40), "sync": _runs(120, alone_ms=80),
+        "layerwise(priority)": _runs(90), "layerwise(priority,4MB)": _runs(84),
+        "ddp(1MB)": _runs(110), "ddp(4MB)": _runs(105), "ddp(25MB)": _runs(126),
+    }
+    table = summarize(samples)
+    rows = table.set_index("strategy")
+    assert table.attrs["best"] == {"ddp": "ddp(4MB)", "layerwise(priority)": "layerwise(priority,4MB)"}
+    assert rows.loc["layerwise(priority,4MB)", "speedup_vs_best_ddp"] == pytest.approx(105 / 84)
+    assert rows.loc["ddp(25MB)", "speedup_vs_best_ddp"] == pytest.approx(105 / 126)
+    text = render({Cell(None, None, 32): table}, parse_args([]))
+    assert "best DDP: ddp(4MB) 105.0 ms; best layerwise(priority): layerwise(priority,4MB) 84.0 ms (1.25x the best DDP)" \
+        in text
+    assert "speedup_vs_best_ddp" in text.splitlines()[-len(samples) - 2]  # a column of the table
+    assert "speedup_vs_best_ddp" not in summarize({"sync": _runs(100)}).columns  # no DDP, no column

@@ -44,3 +44,20 @@ def test_start_forgets_time_booked_between_steps():
     with timer.phase("forward"):
         pass
     assert set(timer.pop()) == {"forward"}
+
+
+def test_epoch_rows_do_not_rewrite_the_file_each_epoch(tmp_path):
+    """The file appears at the first epoch end; later ends rewrite it only every flush_every_s
+    (a rewrite costs O(rows)); flush() writes everything."""
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path, flush_every_s=3600)
+    for epoch in range(3):
+        log.iteration(epoch, epoch, loss=1.0, lr=0.1, times={}, t_iter=0.01, samples=32, wall_s=epoch)
+        log.epoch(epoch + 1, epoch, wall_s=epoch + 0.5, train_loss=1.0)
+    assert len(list(csv.DictReader(open(path)))) == 2  # as written at the first epoch end
+    log.flush()
+    assert len(list(csv.DictReader(open(path)))) == 6
+    quick = MetricsLog(tmp_path / "quick.csv", flush_every_s=0.0)
+    quick.epoch(1, 0, wall_s=0.1)
+    quick.epoch(2, 1, wall_s=0.2)
+    assert len(list(csv.DictReader(open(tmp_path / "quick.csv")))) == 2

@@ -1,0 +1,324 @@
+"""Predicted against measured: every run of a directory, from its profile and the calibrated network.
+
+    asyncsgd-project validate results/bench/sweep --profiles profiles/ --network calibration.json
+
+A run is predicted from its own config only: the strategy section picks the
+schedule (and the rule set), the backend picks the calibrated network, the
+emulated link rate (``cluster.bandwidth``) sets beta, ``world_size`` the
+workers and their share of the cores, ``train.max_steps`` and
+``train.warmup_steps`` the iterations the median is taken over (as the runner
+takes it), and the profile is the one measured for the run's model, input
+shape and batch. No per-run, per-cell or per-strategy factor enters.
+
+Runs are found and read by the report's loader (:func:`asyncsgd.report.load_runs`,
+:func:`asyncsgd.report.runs_frame`), so validation and report agree on what a
+run and its strategy label are.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+
+from .. import report as house
+from .profile import Profile, ProfileError
+from .schedules import IDEAL, ScheduleError, StrategySpec, predict, ruleset_for
+
+LOOPBACK_BPS = 1e12  # no rate limit: the CPU model bounds a loopback reduction
+
+
+class ValidationError(ValueError):
+    """Input validate cannot use; one line for the user."""
+
+
+def _flat(config: dict) -> dict:
+    out = {}
+
+    def walk(tree, prefix=""):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(config)
+    return out
+
+
+def match_profile(profiles: Sequence[Profile], config: dict) -> Optional[Profile]:
+    """The profile of the run's model, batch and (when both say) input shape."""
+    flat = _flat(config)
+    model, batch = flat.get("model.name"), flat.get("train.batch_size")
+    shape = flat.get("dataset.shape")
+    for p in profiles:
+        if p.model != model or p.batch_size != batch:
+            continue
+        if p.input_shape and shape is not None and list(p.input_shape) != list(shape):
+            continue
+        return p
+    return None
+
+
+def link_rate_bps(config: dict) -> Optional[float]:
+    """The emulated link rate of the run; None on loopback (launcher local or external)."""
+    flat = _flat(config)
+    if flat.get("launcher.name") != "emulated":
+        return None
+    mbit = house.link_rate_mbit(flat.get("cluster.bandwidth"))
+    return None if math.isnan(mbit) else mbit * 1e6
+
+
+@dataclass
+class Validation:
+    frame: pd.DataFrame  # one row per run
+    cells: pd.DataFrame  # one row per setting: is the ranking of strategies kept?
+
+    def summary(self) -> Dict[str, float]:
+        ok = self.frame[self.frame["predicted_ms"].notna()]
+        errs = ok["error"].abs()
+        worst = ok.loc[errs.idxmax()] if len(ok) else None
+        return {
+            "runs": int(len(self.frame)), "predicted": int(len(ok)),
+            "median_abs_error": float(errs.median()) if len(ok) else math.nan,
+            "mean_abs_error": float(errs.mean()) if len(ok) else math.nan,
+            "median_abs_median_error": float(ok["median_error"].abs().median()) if len(ok) else math.nan,
+            "p90_abs_error": float(errs.quantile(0.9)) if len(ok) else math.nan,
+            "worst_error": float(worst["error"]) if worst is not None else math.nan,
+            "worst_run": str(worst["run"]) if worst is not None else "",
+            "cells": int(len(self.cells)),
+            "ranking_kept": float(self.cells["ranking_kept"].mean()) if len(self.cells) else math.nan,
+            "ranking_kept_up_to_noise": float(self.cells["ranking_kept_up_to_noise"].mean()) if len(self.cells) else math.nan,
+        }
+
+
+SETTING = ["backend", "model", "batch_size", "link", "world_size"]
+
+
+def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks: Dict[str, object],
+                with_ideal: bool = True) -> dict:
+    """One row: the run's measured numbers (``meta``: a runs.csv row) beside its prediction."""
+    flat = _flat(config)
+    backend = meta["backend"]
+    rate = link_rate_bps(config)
+    row = {"run": str(meta["run"]), "backend": backend, "model": meta["model"], "batch_size": meta["batch_size"],
+           "link": flat.get("cluster.bandwidth") if rate else "loopback", "world_size": meta["world_size"],
+           "strategy": meta["strategy"], "measured_ms": float(meta.get("t_iter_s", math.nan)) * 1e3,
+           "measured_median_ms": float(meta["median_iter_s"]) * 1e3,
+           "measured_comm_wait_ms": float(meta.get("t_comm_wait_s", math.nan)) * 1e3, "problem": None}
+    profile = match_profile(profiles, config)
+    if profile is None:
+        row["problem"] = (f"no profile for model={meta['model']} batch={meta['batch_size']} "
+                          f"shape={flat.get('dataset.shape')}")
+        return row
+    if backend not in networks:
+        row["problem"] = f"no calibrated network for backend={backend}"
+        return row
+    try:
+        spec = StrategySpec.from_config(config["strategy"])
+        rules = ruleset_for(config)
+        net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
+        steps = int(flat.get("train.max_steps") or meta.get("steps") or 20)
+        warmup = min(int(flat.get("train.warmup_steps") or 0), steps - 1)
+        world = int(meta["world_size"])
+        cpu = 1.0 / profile.slowdown_at(world, int(flat.get("train.threads") or 1))
+        pred = predict(profile, net, world, spec, rules, cpu=cpu, steps=steps, warmup=warmup)
+        row.update(profile=profile.name, rules=rules, predicted_ms=pred.mean_s * 1e3,
+                   predicted_median_ms=pred.iter_s * 1e3, predicted_comm_wait_ms=pred.comm_wait_s * 1e3)
+        if with_ideal:
+            row["ideal_ms"] = predict(profile, net, world, spec, IDEAL, cpu=cpu).period_s * 1e3
+    except (ScheduleError, ProfileError) as exc:
+        row["problem"] = str(exc)
+    return row
+
+
+def _finish(rows: List[dict], where: str) -> Validation:
+    if not rows:
+        raise ValidationError(f"no complete runs in {where}")
+    out = pd.DataFrame(rows)
+    for col in ("predicted_ms", "predicted_median_ms", "predicted_comm_wait_ms", "ideal_ms"):
+        if col not in out:
+            out[col] = math.nan
+    if out["predicted_ms"].isna().all():
+        raise ValidationError("no run could be predicted: " + "; ".join(sorted(set(out["problem"].dropna()))))
+    out["error"] = out["predicted_ms"] / out["measured_ms"] - 1.0
+    out["median_error"] = out["predicted_median_ms"] / out["measured_median_ms"] - 1.0
+    return Validation(out, ranking(out))
+
+
+def validate(dirs: Sequence[Path], profiles: Sequence[Profile], networks: Dict[str, object],
+             with_ideal: bool = True) -> Validation:
+    """Predict every complete run under ``dirs`` (see the module docstring)."""
+    try:
+        runs, _ = house.load_runs([Path(d) for d in dirs])
+    except house.ReportError as exc:
+        raise ValidationError(str(exc)) from None
+    # run paths relative to the (first) directory given, so a committed report names no machine's paths
+    frame = house.runs_frame(runs, relative_to=Path(dirs[0]).resolve())
+    rows = [predict_run(run.config, meta.to_dict(), profiles, networks, with_ideal)
+            for run, (_, meta) in zip(runs, frame.iterrows()) if meta["status"] == "complete"]
+    return _finish(rows, ", ".join(map(str, dirs)))
+
+
+def _strategy_config(label: str) -> dict:
+    """``layerwise(wait_at=forward, priority=true)`` -> {"name": "layerwise", "wait_at": "forward", "priority": True}."""
+    name, _, rest = label.partition("(")
+    config: dict = {"name": name}
+    for item in filter(None, (x.strip() for x in rest.rstrip(")").split(","))):
+        key, _, value = item.partition("=")
+        config[key] = {"true": True, "false": False}.get(value, value)
+        for cast in (int, float):
+            try:
+                config[key] = cast(value)
+                break
+            except ValueError:
+                pass
+    return config
+
+
+def validate_runs_csv(path: Path, profiles: Sequence[Profile], networks: Dict[str, object], warmup: int = 5,
+                      with_ideal: bool = True) -> Validation:
+    """Predict the runs of a report's runs.csv whose run dirs are gone (a committed reference report).
+
+    runs.csv keeps each run's setting, strategy label, steps and median; what it lacks is taken
+    from the benchmark that made them (``asyncsgd-bench``): synthetic data, ``train.warmup_steps``
+    = ``warmup``, one torch thread, the emulated launcher where ``cluster.bandwidth`` is set.
+    """
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{path}: cannot read a runs.csv ({exc})") from None
+    need = {"run", "status", "backend", "model", "batch_size", "strategy", "world_size", "median_iter_s", "steps"}
+    if need - set(frame.columns):
+        raise ValidationError(f"{path}: not a report's runs.csv (missing {', '.join(sorted(need - set(frame.columns)))})")
+    rows = []
+    for _, meta in frame[frame["status"] == "complete"].iterrows():
+        bandwidth = meta.get("cluster.bandwidth")
+        config = {"strategy": _strategy_config(str(meta["strategy"])), "backend": {"name": meta["backend"]},
+                  "model": {"name": meta["model"]}, "dataset": {"name": meta.get("dataset", "synthetic")},
+                  "train": {"batch_size": int(meta["batch_size"]), "max_steps": int(meta["steps"]),
+                            "warmup_steps": warmup, "threads": 1},
+                  "launcher": {"name": "emulated" if isinstance(bandwidth, str) else "local"},
+                  "cluster": {"bandwidth": bandwidth}}
+        rows.append(predict_run(config, meta.to_dict(), profiles, networks, with_ideal))
+    return _finish(rows, str(path))
+
+
+TIE = 0.03  # strategies measured this close (relative) count as tied: the run-to-run spread here is ~5%
+
+
+def ranking(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: is the order of strategies by iteration time the same predicted and measured?
+
+    Up to noise: a predicted a < b is wrong only if b measured faster than a beyond the spread of
+    their repeats (min–max) and beyond ``TIE``; strategies predicted equal (ddp's one bucket is sync)
+    may come in either order.
+    """
+    rows = []
+    ok = frame[frame["predicted_ms"].notna() & (frame["strategy"] != "nocomm")]
+    for key, cell in ok.groupby(SETTING, dropna=False):
+        per = cell.groupby("strategy").agg(measured=("measured_ms", "median"), lo=("measured_ms", "min"),
+                                           hi=("measured_ms", "max"), predicted=("predicted_ms", "median"))
+        if len(per) < 2:
+            continue
+        measured = list(per.sort_values("measured").index)
+        predicted = list(per.sort_values("predicted").index)
+        noisy_ok = True
+        for i, a in enumerate(predicted):
+            for b in predicted[i + 1:]:
+                if per.loc[b, "predicted"] <= per.loc[a, "predicted"] * (1 + 0.005):
+                    continue  # predicted tied
+                if per.loc[b, "hi"] < per.loc[a, "lo"] and per.loc[b, "measured"] < per.loc[a, "measured"] * (1 - TIE):
+                    noisy_ok = False
+        rows.append({**dict(zip(SETTING, key)), "strategies": len(per), "measured_order": " < ".join(measured),
+                     "predicted_order": " < ".join(predicted), "ranking_kept": measured == predicted,
+                     "ranking_kept_up_to_noise": noisy_ok})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------- the report
+def render(v: Validation, title: str) -> str:
+    s = v.summary()
+    f = v.frame.sort_values(["backend", "model", "link", "batch_size", "world_size", "strategy"])
+    lines = [f"# {title}", "",
+             f"{s['predicted']} of {s['runs']} complete runs predicted. Median absolute error of the iteration time "
+             f"{s['median_abs_error']:.1%} (mean {s['mean_abs_error']:.1%}, 90th percentile {s['p90_abs_error']:.1%}); "
+             f"worst {s['worst_error']:+.1%} (`{s['worst_run']}`). Ranking of strategies kept in "
+             f"{s['ranking_kept']:.0%} of {s['cells']} settings exactly, in {s['ranking_kept_up_to_noise']:.0%} up to "
+             f"noise (strategies measured within {TIE:.0%} of each other or whose repeats overlap, or predicted "
+             "equal, count as ties).", "",
+             "Iteration time is the mean of t_iter after the run's warm-up (the report's t_iter_s: what "
+             "throughput is), predicted by simulating the run's own steps (`asyncsgd/projection/schedules.py`, "
+             "as implemented). The runner's median (median_iter_s) is compared too: it differs from the mean "
+             "where iterations alternate long and short (two reductions sharing gloo's two channels), and a "
+             "median of an alternating series picks one kind. Ideal: the bound of the strategy's dependencies.",
+             "", f"Median absolute error of the median iteration: {s['median_abs_median_error']:.1%}.", ""]
+    headers = ["backend", "link", "batch", "workers", "strategy", "measured (ms)", "predicted (ms)", "error",
+               "median measured / predicted (ms)", "ideal (ms)", "comm wait measured / predicted (ms)"]
+    body = []
+    for _, r in f.iterrows():
+        body.append([str(r["backend"]), str(r["link"]), str(r["batch_size"]), str(r["world_size"]), str(r["strategy"]),
+                     house.format_number(r["measured_ms"], "sig"), house.format_number(r["predicted_ms"], "sig"),
+                     "—" if not math.isfinite(r["error"]) else f"{r['error']:+.1%}".replace("-", "−"),
+                     f"{house.format_number(r['measured_median_ms'], 'sig')} / "
+                     f"{house.format_number(r['predicted_median_ms'], 'sig')}",
+                     house.format_number(r["ideal_ms"], "sig"),
+                     f"{house.format_number(r['measured_comm_wait_ms'], 'sig')} / "
+                     f"{house.format_number(r['predicted_comm_wait_ms'], 'sig')}"])
+    lines += ["## Per run", "", house.markdown_table(headers, body), ""]
+    if len(v.cells):
+        lines += ["## Ranking of strategies per setting", "",
+                  house.markdown_table(["backend", "link", "batch", "workers", "measured order", "predicted order", "kept"],
+                                       [[str(c["backend"]), str(c["link"]), str(c["batch_size"]), str(c["world_size"]),
+                                         c["measured_order"], c["predicted_order"],
+                                         "yes" if c["ranking_kept"] else ("within noise" if c["ranking_kept_up_to_noise"]
+                                                                          else "no")]
+                                        for _, c in v.cells.iterrows()]), ""]
+    problems = v.frame[v.frame["problem"].notna()]
+    if len(problems):
+        lines += ["## Runs not predicted", ""] + [f"- `{r['run']}`: {r['problem']}" for _, r in problems.iterrows()] + [""]
+    lines += ["![predicted vs measured](validation_error.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(v: Validation, path: Path) -> None:
+    ok = v.frame[v.frame["predicted_ms"].notna()]
+    fig, axes = house.new_figure(1, 2, "Predicted vs measured iteration time")
+    styles = house.strategy_styles(ok["strategy"])
+    ax = axes[0][0]
+    for label, rows in ok.groupby("strategy", sort=False):
+        ax.scatter(rows["measured_ms"], rows["predicted_ms"], s=18, label=label, color=styles[label]["color"])
+    lo = min(ok["measured_ms"].min(), ok["predicted_ms"].min()) * 0.8
+    hi = max(ok["measured_ms"].max(), ok["predicted_ms"].max()) * 1.25
+    for k, ls in ((1.0, "-"), (1.05, ":"), (0.95, ":")):
+        ax.plot([lo, hi], [lo * k, hi * k], color="black", lw=1, ls=ls)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (ms per iteration)")
+    ax.set_ylabel("predicted (ms per iteration)")
+    ax.set_title("each run; dotted: ±5%", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax = axes[0][1]
+    ax.hist(ok["error"] * 100, bins=max(8, min(40, len(ok) // 2)), color="grey")
+    ax.axvline(0, color="black", lw=1)
+    for k in (-5, 5):
+        ax.axvline(k, color="black", lw=1, ls=":")
+    ax.set_xlabel("error of the prediction (%)")
+    ax.set_ylabel("runs")
+    ax.set_title(f"median |error| {ok['error'].abs().median():.1%}", fontsize=9)
+    house.figure_legend(fig, axes)
+    house.save_figure(fig, path)
+
+
+def write(v: Validation, out: Path, title: str = "Validation: predicted vs measured iteration time") -> Path:
+    from ..io import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "validation.csv", v.frame.to_csv(index=False))
+    atomic_write_text(out / "validation_cells.csv", v.cells.to_csv(index=False))
+    plot(v, out / "validation_error.png")
+    atomic_write_text(out / "validation.md", render(v, title))
+    return out / "validation.md"

@@ -1,0 +1,112 @@
+"""validate: run directories (and a report's runs.csv) against predictions from their own
+config, and the commands' bad-input handling (asyncsgd/projection/validate.py, cli.py)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from asyncsgd.projection import cli
+from asyncsgd.projection.network import Network
+from asyncsgd.projection.profile import profile_from_dict
+from asyncsgd.projection.schedules import StrategySpec, predict
+from asyncsgd.projection.validate import _strategy_config, validate, validate_runs_csv
+
+from ..report_fixtures import make_run
+
+PROFILE = {"name": "mlp-b16", "model": "mlp", "batch_size": 16,
+           "layers": [{"name": "fc1", "tensors": [400_000], "forward_s": 0.002, "backward_s": 0.004},
+                      {"name": "fc2", "tensors": [40_000], "forward_s": 0.001, "backward_s": 0.002}],
+           "step": {"update_all_s": 0.001}}
+GLOO = Network("gloo-test", alpha=1e-4, rate_bps=1e8, link_efficiency=0.9, channels=2, scale_on_worker=True)
+LINK = {"launcher": {"name": "emulated"}, "cluster": {"bandwidth": "1gbit"}}
+
+
+def _runs(tmp_path):
+    prof = profile_from_dict(PROFILE)
+    expected = {}
+    for i, (strategy, measured) in enumerate([({"name": "sync", "fuse": True}, 0.013),
+                                             ({"name": "layerwise", "wait_at": "forward", "bucket_mb": 0.0,
+                                               "priority": False, "chunk_mb": 1.0, "credit": 8}, 0.012)]):
+        make_run(tmp_path / "sweep" / str(i), strategy=strategy, median_iter_s=measured, batch_size=16,
+                 train={"max_steps": 10}, extra_config=LINK)
+        spec = StrategySpec.from_config(strategy)
+        net = GLOO.with_link(rate_bps=1e9)
+        pred = predict(prof, net, 2, spec, steps=10, warmup=5)
+        expected[spec.name] = pred.mean_s, pred.iter_s, measured
+    make_run(tmp_path / "sweep" / "2", batch_size=32, extra_config=LINK)  # no profile at this batch
+    return prof, expected
+
+
+def test_validate_predicts_each_run_from_its_config(tmp_path):
+    prof, expected = _runs(tmp_path)
+    v = validate([tmp_path / "sweep"], [prof], {"gloo": GLOO})
+    f = v.frame[v.frame["batch_size"] == 16].set_index("strategy")
+    for name, label in (("sync", "sync"), ("layerwise", "layerwise(wait_at=forward)")):
+        mean, median, measured_median = expected[name]
+        measured_mean = 0.0002 + 0.001 + 0.002 + 0.005 + 0.0005 + 0.0008  # the fixture's phases + other
+        assert f.loc[label, "predicted_ms"] == pytest.approx(mean * 1e3)
+        assert f.loc[label, "error"] == pytest.approx(mean / measured_mean - 1)
+        assert f.loc[label, "median_error"] == pytest.approx(median / measured_median - 1)
+        assert f.loc[label, "link"] == "1gbit"
+    assert "no profile for model=mlp batch=32" in v.frame["problem"].dropna().iloc[0]
+    s = v.summary()
+    assert s["runs"] == 3 and s["predicted"] == 2 and len(v.cells) == 1
+
+
+def test_validate_reads_a_runs_csv(tmp_path):
+    prof = profile_from_dict(PROFILE)
+    rows = [{"run": "a", "status": "complete", "dataset": "synthetic", "model": "mlp", "backend": "gloo",
+             "batch_size": 16, "cluster.bandwidth": "100mbit", "strategy": label, "world_size": 2, "steps": 20,
+             "median_iter_s": 0.05, "t_iter_s": 0.051, "t_comm_wait_s": 0.01}
+            for label in ("sync", "layerwise(wait_at=forward, priority=true)", "delayed(k=1)")]
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    v = validate_runs_csv(tmp_path / "runs.csv", [prof], {"gloo": GLOO})
+    assert v.frame["predicted_ms"].notna().all()
+    assert _strategy_config("layerwise(wait_at=forward, priority=true)") == {
+        "name": "layerwise", "wait_at": "forward", "priority": True}
+    assert _strategy_config("delayed(k=2)") == {"name": "delayed", "k": 2}
+
+
+def _one_line_exit_2(capsys, call):
+    with pytest.raises(SystemExit) as info:
+        call()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"layers": [{"name": "x", "forward_s": -1, "backward_s": 0,
+                                                               "bytes": 4}]}))
+    err = _one_line_exit_2(capsys, lambda: cli.project([str(tmp_path / "bad.json"), "--network", "ib-fdr"]))
+    assert "layers[0].forward_s must be a number >= 0" in err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(PROFILE))
+    err = _one_line_exit_2(capsys, lambda: cli.project([str(good), "--network", "infiniband-xdr"]))
+    assert "not a network preset" in err and "ib-fdr" in err
+    err = _one_line_exit_2(capsys, lambda: cli.project([str(good), "--network", "ib-fdr", "--strategies", "async"]))
+    assert "unknown strategy 'async'" in err
+    err = _one_line_exit_2(capsys, lambda: cli.project([str(good), "--network", "ib-fdr", "--workers", "2,0"]))
+    assert "--workers" in err
+    err = _one_line_exit_2(capsys, lambda: cli.project(["validate", str(tmp_path), "--profiles", str(good),
+                                                        "--network", str(good)]))
+    assert "not a calibration file" in err
+    err = _one_line_exit_2(capsys, lambda: cli.profile(["model=nosuchmodel", "--out", str(tmp_path / "p.json")]))
+    assert "model=nosuchmodel is not an option" in err
+
+
+def test_project_writes_tables_and_a_trace(capsys, tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(PROFILE))
+    cli.project([str(good), "--network", "10gbe", "--workers", "2,16", "--strategies", "sync,layerwise,delayed_k1",
+                 "--out", str(tmp_path / "out"), "--trace", str(tmp_path / "trace.json")])
+    table = pd.read_csv(tmp_path / "out" / "projection.csv")
+    assert set(table["workers"]) == {2, 16} and set(table["rules"]) == {"as_implemented", "ideal"}
+    sync = table[(table["strategy"] == "sync") & (table["rules"] == "as_implemented")]
+    assert (sync["speedup_vs_sync"] == 1.0).all()
+    trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    names = {e["name"] for e in trace if e.get("ph") == "X"}
+    assert {"forward fc1", "backward fc2", "allreduce all", "wait all"} <= names
