@@ -314,14 +314,39 @@ class LayerwiseConfig(StrategyConfig):
         _require(0 <= self.urgent_share < 1, f"strategy.urgent_share={self.urgent_share} must be in [0, 1)")
 
 
+COMPENSATIONS = ["momentum", "lr", "dc", "predict"]  # in the order they act within a step
+
+
+def compensation_rules(spec: str) -> List[str]:
+    """``strategy.compensation``: ``none`` or rules joined by ``+`` (any order); returns them in COMPENSATIONS order."""
+    if spec == "none":
+        return []
+    parts = spec.split("+")
+    _require(
+        all(p in COMPENSATIONS for p in parts) and len(set(parts)) == len(parts),
+        f"strategy.compensation={spec!r} is not allowed; use none or rules joined by + from "
+        f"{', '.join(COMPENSATIONS)} (e.g. lr+dc), each at most once",
+    )
+    return [r for r in COMPENSATIONS if r in parts]
+
+
 @dataclass
 class DelayedConfig(StrategyConfig):
     name: str = "delayed"
     k: int = 1  # steps of staleness: the gradient of step t is applied at step t+k
     drain: bool = True  # at the end, apply the k gradients still in flight
+    # Staleness compensation (docs/convergence.md): none, or rules joined by +
+    # from momentum, lr, dc, predict (asyncsgd.strategies.compensation), e.g. lr+dc.
+    compensation: str = "none"
+    dc_lambda: float = 2.0  # dc: lambda_0 of DC-ASGD (2 with dc_adaptive, as in the paper; it used 0.04 without)
+    dc_adaptive: bool = True  # dc: lambda = dc_lambda / sqrt(running mean of g*g) (DC-ASGD-a)
+    dc_beta: float = 0.95  # dc_adaptive: decay per update of that running mean
 
     def __post_init__(self) -> None:
         _require(self.k >= 0, f"strategy.k={self.k} must be an integer >= 0")
+        compensation_rules(self.compensation)
+        _require(self.dc_lambda >= 0, f"strategy.dc_lambda={self.dc_lambda} must be >= 0")
+        _require(0.0 <= self.dc_beta < 1.0, f"strategy.dc_beta={self.dc_beta} must be in [0, 1)")
 
 
 @dataclass
@@ -396,6 +421,7 @@ class ClusterConfig:
 
 # ---------------------------------------------------------------- train
 NONFINITE = ["stop", "skip"]
+ON_COLLAPSE = ["warn", "stop"]
 
 
 @dataclass
@@ -408,6 +434,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     threads: Optional[int] = None  # torch threads per worker; null = cores // workers on this host
     eval_every_epochs: int = 1  # test-set evaluation period; 0 = only at the end
+    eval_every_steps: int = 0  # also evaluate every N steps within epochs (time to target); 0 = never
     warmup_steps: int = 5  # steps left out of the median iteration time
     log_every_steps: int = 1  # per-iteration metric rows are kept every N steps
     grad_clip_norm: Optional[float] = None  # clip the global gradient norm to this before each update
@@ -415,6 +442,9 @@ class TrainConfig:
     # A NaN/inf loss or reduced gradient: stop the run naming the step, or skip that
     # update on every rank (the reduced gradient is the same everywhere) and count it.
     nonfinite: str = "stop"
+    # Training loss at chance level, ln(classes), for a whole epoch after having been below it, or
+    # from the first epoch on (asyncsgd.collapse): warn (log + summary.json) or stop the run (failed).
+    on_collapse: str = "warn"
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1")
@@ -430,6 +460,8 @@ class TrainConfig:
         _require(self.grad_clip_norm is None or self.grad_clip_norm > 0,
                  f"train.grad_clip_norm={self.grad_clip_norm} must be > 0 or null")
         _one_of("train.nonfinite", self.nonfinite, NONFINITE)
+        _require(self.eval_every_steps >= 0, f"train.eval_every_steps={self.eval_every_steps} must be >= 0")
+        _one_of("train.on_collapse", self.on_collapse, ON_COLLAPSE)
 
 
 @dataclass

@@ -1,9 +1,13 @@
-"""Image datasets on disk, read with torchvision: MNIST, Fashion-MNIST, CIFAR-10/100, ImageFolder.
+"""Image datasets on disk: MNIST, Fashion-MNIST, CIFAR-10/100, ImageFolder.
 
-Each set is read by torchvision's own class from its standard layout under
-``dataset.root`` (docs/datasets.md lists the layouts). :func:`check_root` looks
-at the layout before any worker starts and turns every problem into one line
-saying what was expected where and how to get it.
+CIFAR and ImageFolder trees are read by torchvision's own classes from their
+standard layouts under ``dataset.root``; MNIST and Fashion-MNIST by
+:mod:`asyncsgd.idx`, from the idx files as distributed (gzipped or not, flat or
+in torchvision's layout). docs/datasets.md lists the layouts. Fashion-MNIST's
+root defaults to where Debian's ``dataset-fashion-mnist`` installs it
+(:data:`SYSTEM_ROOTS`) when neither ``dataset.root`` nor $ASYNCSGD_DATA says
+otherwise. :func:`check_root` looks at the layout before any worker starts and
+turns every problem into one line saying what was expected where and how to get it.
 
 Two deliberate departures from torchvision's defaults:
 
@@ -19,12 +23,13 @@ Two deliberate departures from torchvision's defaults:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.datasets as tvd
@@ -38,6 +43,9 @@ from .config import (
     TorchvisionSetConfig,
 )
 from .dataset_base import DataSplits, SeededAugment
+from . import idx
+
+log = logging.getLogger("asyncsgd")
 
 # Per-channel mean and std of the training images, scaled to [0, 1] (the usual published values;
 # CIFAR's are the true std, not the 0.2023/0.1994/0.2010 that circulates with the mean).
@@ -75,14 +83,26 @@ SETS = {
     ),
     "cifar100": TorchvisionSet("CIFAR100", "cifar-100-python", ("train", "test", "meta"), (3, 32, 32), 100),
 }
-# First bytes of each idx file: 0x0803 for 3-d uint8 images, 0x0801 for 1-d uint8 labels.
-_IDX_MAGIC = {"images": b"\x00\x00\x08\x03", "labels": b"\x00\x00\x08\x01"}
+_IDX_SETS = ("MNIST", "FashionMNIST")  # read by asyncsgd.idx, not by torchvision
+
+# Where a system package installs a set: the root used when dataset.root (and $ASYNCSGD_DATA) is unset.
+SYSTEM_ROOTS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}  # Debian: apt-get install dataset-fashion-mnist
+SYSTEM_HINT = {"fashion_mnist": "or install Debian's dataset-fashion-mnist (as root: ./scripts/setup-data), "
+                                "which puts it in /usr/share/datasets/fashion-mnist"}
 
 
 def input_shape(cfg: DatasetConfig) -> Tuple[int, int, int]:
     if isinstance(cfg, ImageNetConfig):
         return (3, cfg.size, cfg.size)
     return SETS[cfg.name].input_shape
+
+
+def data_root(cfg: DatasetConfig) -> Optional[str]:
+    """``dataset.root``, or, when it is unset, the set's system location if that exists."""
+    if cfg.root is not None:
+        return cfg.root
+    system = SYSTEM_ROOTS.get(cfg.name)
+    return system if system is not None and Path(system).is_dir() else None
 
 
 # ---------------------------------------------------------------- checks before launch
@@ -93,31 +113,46 @@ def check_root(cfg: DatasetConfig) -> None:
         return
     spec = SETS[cfg.name]
     expected = f"{spec.folder}/{{{','.join(spec.files)}}}"
-    if cfg.root is None:
+    if spec.class_name in _IDX_SETS:
+        expected += " (or the four files flat in it; gzipped or not)"
+    root_value = data_root(cfg)
+    if root_value is None:
+        system = f"; {SYSTEM_HINT[cfg.name]}" if cfg.name in SYSTEM_HINT else ""
         raise ConfigError(
             f"dataset={cfg.name} needs dataset.root=DIR (or $ASYNCSGD_DATA), the directory holding "
-            f"{expected}; {DOWNLOAD_HINT}"
+            f"{expected}{system}; {DOWNLOAD_HINT}"
         )
-    root = Path(cfg.root).expanduser()
+    root = Path(root_value).expanduser()
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"dataset.root={cfg.root} is a file; it must be the directory holding {expected}")
+        raise ConfigError(f"dataset.root={root_value} is a file; it must be the directory holding {expected}")
     if cfg.download:
         return  # torchvision fetches whatever is missing
     if not root.is_dir():
-        raise ConfigError(f"dataset.root={cfg.root} does not exist; expected {expected} under it; {DOWNLOAD_HINT}")
+        raise ConfigError(f"dataset.root={root_value} does not exist; expected {expected} under it; {DOWNLOAD_HINT}")
+    if spec.class_name in _IDX_SETS:
+        _check_idx_files(cfg, spec, root)
+        return
     folder = root / spec.folder
     missing = [f for f in spec.files if not (folder / f).is_file()]
     if missing:
         raise ConfigError(_missing_files_message(cfg, spec, root, folder, missing))
-    if spec.class_name in ("MNIST", "FashionMNIST"):
-        for f in spec.files:
-            kind = "images" if "images" in f else "labels"
-            with open(folder / f, "rb") as fh:
-                if fh.read(4) != _IDX_MAGIC[kind]:
-                    raise ConfigError(
-                        f"dataset={cfg.name}: {folder / f} is not an uncompressed idx {kind} file; "
-                        f"delete it and {DOWNLOAD_HINT}"
-                    )
+
+
+def _check_idx_files(cfg, spec: TorchvisionSet, root: Path) -> None:
+    found, missing = idx.locate(root, spec.folder)
+    if missing:
+        where = f"dataset={cfg.name}: {root} has neither {spec.folder}/ nor flat idx files" if not found else (
+            f"dataset={cfg.name}: {idx.describe(found) or root} lacks {', '.join(missing)} (plain or .gz)")
+        # A root one level too deep in torchvision's layout (pointing at MNIST/) is the usual slip.
+        if not found and idx.locate(root, "raw")[0]:
+            where += f"; dataset.root must be the directory above {spec.folder}: set dataset.root={root.parent}"
+            raise ConfigError(where)
+        raise ConfigError(f"{where}; {DOWNLOAD_HINT}")
+    for path in found.values():
+        try:
+            idx.check_header(path)
+        except idx.IdxError as exc:
+            raise ConfigError(f"dataset={cfg.name}: {exc}; delete it and {DOWNLOAD_HINT}") from None
 
 
 def _missing_files_message(cfg, spec: TorchvisionSet, root: Path, folder: Path, missing: List[str]) -> str:
@@ -128,9 +163,6 @@ def _missing_files_message(cfg, spec: TorchvisionSet, root: Path, folder: Path, 
         if all((root / "/".join(inner[depth:]) / f).is_file() for f in spec.files):
             parent = root.parents[depth - 1]
             return f"{where}; dataset.root must be the directory above {'/'.join(inner)}: set dataset.root={parent}"
-    gz = [f for f in missing if (folder / f"{f}.gz").is_file()]
-    if gz:
-        return f"{where}, but has them gzipped; torchvision reads them uncompressed: run gunzip -k {folder}/*.gz"
     return f"{where}; {DOWNLOAD_HINT}"
 
 
@@ -185,6 +217,8 @@ def load(cfg: DatasetConfig, seed: int):
         train_tf, shape, num_classes = imagenet_train_transform(cfg), input_shape(cfg), len(classes)
     else:
         spec = SETS[cfg.name]
+        if spec.class_name in _IDX_SETS:
+            return _idx_splits(cfg, spec)
         augment = isinstance(cfg, CIFAR10Config) and cfg.augment
         test = _torchvision_set(cfg, spec, train=False, transform=_to_normalized_tensor(cfg.name))
         train_raw = _torchvision_set(cfg, spec, train=True, transform=None if augment else _to_normalized_tensor(cfg.name))
@@ -192,6 +226,23 @@ def load(cfg: DatasetConfig, seed: int):
         shape, num_classes = spec.input_shape, spec.num_classes
     train = SeededAugment(train_raw, train_tf, seed) if train_tf is not None else train_raw
     return DataSplits(train, test, tuple(shape), num_classes)
+
+
+def _idx_splits(cfg: TorchvisionSetConfig, spec: TorchvisionSet) -> DataSplits:
+    """MNIST / Fashion-MNIST from their idx files, wherever :func:`asyncsgd.idx.locate` finds them."""
+    root = Path(data_root(cfg)).expanduser()
+    if cfg.download:
+        _download(cfg, spec)  # into root/<folder>/raw, where torchvision keeps the .gz and unpacked files
+    found, missing = idx.locate(root, spec.folder)
+    if missing:
+        raise ConfigError(f"dataset={cfg.name}: {root} lacks {', '.join(missing)} (plain or .gz)")
+    log.info("dataset=%s: idx files in %s", cfg.name, idx.describe(found) or root)
+    mean, std = STATS[cfg.name]
+    try:
+        train, test = (idx.load_split(found, split, mean, std) for split in ("train", "test"))
+    except idx.IdxError as exc:
+        raise ConfigError(f"dataset={cfg.name}: {exc}") from None
+    return DataSplits(train, test, spec.input_shape, spec.num_classes)
 
 
 def _to_normalized_tensor(name: str, before: Sequence[Callable] = ()):
@@ -221,12 +272,19 @@ def _torchvision_set(cfg: TorchvisionSetConfig, spec: TorchvisionSet, train: boo
     cls = _dataset_class(spec)
     root = str(Path(cfg.root).expanduser())
     if cfg.download:
-        with _exclusive(Path(root) / f".asyncsgd-download-{cfg.name}.lock"):
-            cls(root, train=train, download=True)  # one rank at a time: the others find it present
+        _download(cfg, spec, train)
     try:
         return cls(root, train=train, transform=transform)
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, AssertionError, pickle.UnpicklingError) as exc:
         raise ConfigError(f"dataset={cfg.name}: could not read {Path(root) / spec.folder}: {exc}") from exc
+
+
+def _download(cfg: TorchvisionSetConfig, spec: TorchvisionSet, train: bool = True) -> None:
+    """torchvision's downloader into dataset.root, one rank at a time: the others find the files present.
+    (For MNIST and Fashion-MNIST one call fetches both splits.)"""
+    root = Path(data_root(cfg)).expanduser()
+    with _exclusive(root / f".asyncsgd-download-{cfg.name}.lock"):
+        _dataset_class(spec)(str(root), train=train, download=True)
 
 
 @contextmanager

@@ -18,13 +18,14 @@ from .io import atomic_write
 PHASES = ("data", "forward", "backward", "comm_wait", "update")
 
 COLUMNS = [
-    "kind",  # "iter" (one training step) or "epoch" (end-of-epoch evaluation)
+    "kind",  # "iter" (one training step), "epoch" (end of an epoch) or "eval" (a test evaluation within one)
     "step", "epoch", "loss", "lr",
     "t_data", "t_forward", "t_backward", "t_comm_wait", "t_update", "t_iter",  # seconds
     "samples_per_s",
     "skipped_updates",  # updates skipped so far for a non-finite gradient (train.nonfinite=skip)
     "train_loss", "train_acc", "test_loss", "test_acc",
     "wall_s",  # seconds since training started
+    "eval_s",  # of wall_s, seconds spent evaluating on the test set so far (training time = wall_s - eval_s)
 ]
 
 
@@ -89,20 +90,22 @@ class MetricsLog:
         self._written = False
 
     def iteration(self, step: int, epoch: int, loss: float, lr: float, times: Dict[str, float],
-                  t_iter: float, samples: int, wall_s: float, keep_row: bool = True, skipped: int = 0) -> None:
+                  t_iter: float, samples: int, wall_s: float, keep_row: bool = True, skipped: int = 0,
+                  eval_s: float = 0.0) -> None:
         self.iter_times.append(t_iter)
         if not keep_row:
             return
         row = {"kind": "iter", "step": step, "epoch": epoch, "loss": loss, "lr": lr,
                "t_iter": t_iter, "samples_per_s": samples / t_iter if t_iter > 0 else None, "wall_s": wall_s,
-               "skipped_updates": skipped}
+               "skipped_updates": skipped, "eval_s": eval_s}
         for p in PHASES:
             row[f"t_{p}"] = times.get(p, 0.0)
         self.rows.append(row)
         self._flush_if_due()
 
-    def epoch(self, step: int, epoch: int, wall_s: float, **values: float) -> None:
-        self.rows.append({"kind": "epoch", "step": step, "epoch": epoch, "wall_s": wall_s, **values})
+    def epoch(self, step: int, epoch: int, wall_s: float, kind: str = "epoch", **values: float) -> None:
+        """An end-of-epoch row (``kind="epoch"``) or a test evaluation within an epoch (``kind="eval"``)."""
+        self.rows.append({"kind": kind, "step": step, "epoch": epoch, "wall_s": wall_s, **values})
         self._flush_if_due(first=True)
 
     def _flush_if_due(self, first: bool = False) -> None:
@@ -136,3 +139,7 @@ class MetricsLog:
 
     def epoch_rows(self) -> List[dict]:
         return [r for r in self.rows if r["kind"] == "epoch"]
+
+    def evaluation_rows(self) -> List[dict]:
+        """Every row with a test evaluation (end of epoch or within one), in step order."""
+        return [r for r in self.rows if r["kind"] in ("epoch", "eval") and r.get("test_acc") is not None]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from .checkpoint import Checkpointer, Position, resolve_resume, restore_rng
+from .collapse import TrainingCollapsed, chance_loss, detect
 from .comm import Communicator
 from .config import Config
 from .data import load_dataset, make_eval_loader, make_train_loader
@@ -65,6 +66,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
         total_steps = min(total_steps, cfg.train.max_steps)
 
     tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer)
+    tracker.watch_collapse(chance_loss(data.num_classes, cfg.model), steps_per_epoch=len(loader))
     checkpoints = Checkpointer(cfg, comm, run_dir)
     checkpoints.config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     start, resume_rng = Position(), None
@@ -110,6 +112,9 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 step += 1
                 batch_index += 1
                 at_step_boundary(Position(step, epoch, batch_index), stop, checkpoints, model, strategy, tracker)
+                if tracker.evaluation_due(step, batch_index):
+                    strategy.flush()  # evaluation needs the true current weights
+                    tracker.evaluate_within_epoch(step, epoch, model, test_loader)
             epoch_done = batch is None  # the data ran out, not the step budget
             epoch, batch_index = epoch + 1, 0
             last = step >= total_steps
@@ -301,6 +306,11 @@ class Tracker:
         # This epoch on this rank, in Python numbers: per step they cost a third of tensor updates.
         self.loss_sum, self.correct, self.count = 0.0, 0, 0
         self.last_eval: Optional[dict] = None
+        self.eval_s = 0.0  # seconds spent in test evaluations (left out of the time to target)
+        self.chance: Optional[float] = None  # training loss of a uniform prediction (asyncsgd.collapse)
+        self.steps_per_epoch = 0
+        self.collapse: Optional[dict] = None
+        self.run_dir = run_dir
         self.bar = None
         self._log_redirect = None
         if progress:
@@ -320,7 +330,7 @@ class Tracker:
         samples = n * self.comm.size
         keep = step % self.cfg.train.log_every_steps == 0
         self.metrics.iteration(step, epoch, loss_value, lr, times, t_iter, samples,
-                               time.perf_counter() - self.start, keep_row=keep, skipped=skipped)
+                               time.perf_counter() - self.start, keep_row=keep, skipped=skipped, eval_s=self.eval_s)
         if self.bar is not None:
             self.bar.update(1)
             if step % 10 == 0:
@@ -334,14 +344,57 @@ class Tracker:
         if sums[2] > 0:
             values.update(train_loss=float(sums[0] / sums[2]), train_acc=float(sums[1] / sums[2]))
         if model is not None:
-            test_loss, test_acc = evaluate(model, test_loader, self.comm)
-            values.update(test_loss=test_loss, test_acc=test_acc)
-            self.last_eval = {"step": step, "test_loss": test_loss, "test_acc": test_acc}
+            if not self.evaluated_at(step):  # (an evaluation within the epoch may have just scored these weights)
+                self._evaluate(step, model, test_loader)
+            values.update(test_loss=self.last_eval["test_loss"], test_acc=self.last_eval["test_acc"])
         wall = time.perf_counter() - self.start
-        self.metrics.epoch(step, epoch, wall, **values)
+        self.metrics.epoch(step, epoch, wall, eval_s=self.eval_s, **values)
         if "test_acc" in values:
             log.info("epoch %d step %d: train loss %.4f, test accuracy %.4f (%.1fs)", epoch, step,
                      values.get("train_loss", float("nan")), values["test_acc"], wall)
+        self._check_collapse()
+
+    def evaluation_due(self, step: int, batch_index: int) -> bool:
+        """train.eval_every_steps: a test evaluation within an epoch (epoch ends follow their own rule)."""
+        every = self.cfg.train.eval_every_steps
+        return every > 0 and step % every == 0 and step < self.total_steps and batch_index < self.steps_per_epoch
+
+    def evaluate_within_epoch(self, step: int, epoch: int, model, test_loader) -> None:
+        self._evaluate(step, model, test_loader)
+        self.metrics.epoch(step, epoch, time.perf_counter() - self.start, kind="eval", eval_s=self.eval_s,
+                           test_loss=self.last_eval["test_loss"], test_acc=self.last_eval["test_acc"])
+
+    def _evaluate(self, step: int, model, test_loader) -> None:
+        started = time.perf_counter()
+        test_loss, test_acc = evaluate(model, test_loader, self.comm)
+        self.last_eval = {"step": step, "test_loss": test_loss, "test_acc": test_acc}
+        self.eval_s += time.perf_counter() - started
+
+    # -- collapse to chance (asyncsgd.collapse) ----------------------------------
+    def watch_collapse(self, chance: float, steps_per_epoch: int) -> None:
+        self.chance, self.steps_per_epoch = chance, steps_per_epoch
+
+    def _check_collapse(self) -> None:
+        """Judge the complete epochs' mean training losses (identical on every rank); warn or stop once.
+
+        A run flagged for not leaving chance in its first epoch is cleared if it learns after all."""
+        if self.chance is None or not self.steps_per_epoch:
+            return
+        complete = [r["train_loss"] for r in self.metrics.epoch_rows()
+                    if r.get("train_loss") is not None and r["step"] == (r["epoch"] + 1) * self.steps_per_epoch]
+        verdict = detect(complete, self.chance)
+        if verdict == self.collapse:
+            return
+        self.collapse = verdict
+        if self.run_dir is not None:  # every rank knows; the writer says it
+            if verdict is None:
+                log.info("training left chance level after a slow start (%d epochs)", len(complete))
+            else:
+                log.warning("%s; this run is not training (train.on_collapse=%s)", verdict["message"],
+                            self.cfg.train.on_collapse)
+            update_summary(self.run_dir, collapse=verdict)
+        if verdict is not None and self.cfg.train.on_collapse == "stop":
+            raise TrainingCollapsed(f"{verdict['message']}; stopped (train.on_collapse=stop)")
 
     @property
     def epoch_sums(self) -> torch.Tensor:
@@ -351,13 +404,16 @@ class Tracker:
     def state(self) -> dict:
         """Plain values for a checkpoint (the per-rank epoch sums travel separately, as a tensor)."""
         return {"rows": self.metrics.rows, "iter_times": self.metrics.iter_times,
-                "wall_s": time.perf_counter() - self.start, "last_eval": self.last_eval}
+                "wall_s": time.perf_counter() - self.start, "last_eval": self.last_eval,
+                "eval_s": self.eval_s, "collapse": self.collapse}
 
     def load_state(self, state: dict, epoch_sums: torch.Tensor) -> None:
         self.metrics.rows = list(state["rows"])
         self.metrics.iter_times = list(state["iter_times"])
         self.start = time.perf_counter() - state["wall_s"]  # wall_s continues where it stopped
         self.last_eval = state["last_eval"]
+        self.eval_s = float(state.get("eval_s", 0.0))
+        self.collapse = state.get("collapse")
         self.loss_sum, self.correct, self.count = float(epoch_sums[0]), int(epoch_sums[1]), int(epoch_sums[2])
         if self.bar is not None:
             self.bar.update(len(self.metrics.iter_times))
@@ -376,8 +432,10 @@ class Tracker:
         median = self.metrics.median_iter_s(cfg.train.warmup_steps)
         global_batch = cfg.train.batch_size * self.comm.size
         target = cfg.dataset.target_acc
+        # training time: evaluations are left out, so evaluating more often does not slow a run down on paper
         time_to_target = next(
-            (r["wall_s"] for r in self.metrics.epoch_rows() if target is not None and r.get("test_acc", -1) >= target),
+            (r["wall_s"] - r.get("eval_s", 0.0) for r in self.metrics.evaluation_rows()
+             if target is not None and r["test_acc"] >= target),
             None,
         )
         last = self.last_eval or {}
@@ -392,6 +450,8 @@ class Tracker:
             "target_acc": target,
             "time_to_target_s": time_to_target,
             "train_wall_s": time.perf_counter() - self.start,
+            "eval_s": self.eval_s,
+            "collapse": self.collapse,
             "skipped_updates": strategy.skipped,
             "parameters": count_parameters(model),
             "gradient_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),

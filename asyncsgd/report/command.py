@@ -61,9 +61,9 @@ def make_report(dirs: Sequence[Path], out: Optional[Path] = None, baseline: str 
 
     paths = {name: out / file for name, file in PLOTS.items()}
     plot_loss(runs, frame, paths["loss_vs_iteration"], x="step")
-    plot_loss(runs, frame, paths["loss_vs_time"], x="wall_s")
+    plot_loss(runs, frame, paths["loss_vs_time"], x="train_s")
     plot_accuracy(runs, frame, paths["accuracy_vs_epoch"], x="epoch")
-    plot_accuracy(runs, frame, paths["accuracy_vs_time"], x="wall_s")
+    plot_accuracy(runs, frame, paths["accuracy_vs_time"], x="train_s")
     plot_speedup(table, paths["speedup_vs_workers"])
     plot_breakdown(table, paths["time_breakdown"])
     if varies_link_rate(table):  # a sweep over emulated links (scripts/bench-overlap --emulated A,B,C)

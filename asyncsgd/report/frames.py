@@ -123,13 +123,15 @@ def phase_means(run: Run) -> Dict[str, float]:
 
 
 def time_to_target(run: Run, target: Optional[float]) -> float:
-    """Seconds (wall_s) at the first evaluation with test accuracy >= target; NaN if never or unknown."""
+    """Training seconds (train_s: wall_s less evaluations) at the first evaluation with test accuracy >= target,
+    at an epoch's end or within one (train.eval_every_steps); NaN if never or unknown."""
     if target is None or (isinstance(target, float) and math.isnan(target)):
         return math.nan
     if run.metrics is not None:
-        evals = run.metrics[(run.metrics["kind"] == "epoch") & run.metrics["test_acc"].notna()]
+        m = run.metrics
+        evals = m[m["kind"].isin(["epoch", "eval"]) & m["test_acc"].notna()].sort_values("step", kind="stable")
         hit = evals[evals["test_acc"] >= target]
-        return float(hit["wall_s"].iloc[0]) if len(hit) else math.nan
+        return float(hit["train_s"].iloc[0]) if len(hit) else math.nan
     if run.summary.get("target_acc") == target and run.summary.get("time_to_target_s") is not None:
         return float(run.summary["time_to_target_s"])
     return math.nan
@@ -181,6 +183,7 @@ def runs_frame(runs: Sequence[Run], target_acc: Optional[float] = None, relative
             "target_acc": _num(target),
             "time_to_target_s": time_to_target(run, None if target is None else float(target)),
             "train_wall_s": _num(s.get("train_wall_s")),
+            "collapse": (s.get("collapse") or {}).get("message") if isinstance(s.get("collapse"), dict) else None,
             **phase_means(run),
             "host": s.get("host"),
             "started_at": s.get("started_at"),
@@ -235,6 +238,7 @@ def _group_stats(runs: pd.DataFrame) -> dict:
         "time_to_target_s": float(np.median(ttt)) if runs["target_acc"].notna().any() else math.nan,
         "time_to_target_s_min": reached.min() if len(reached) else math.nan,
         "time_to_target_s_max": float(ttt.max()) if len(reached) else math.nan,  # inf if a run never got there
+        "collapsed": int(runs["collapse"].notna().sum()) if "collapse" in runs else 0,
     }
     for p in [*PHASES, "iter"]:
         row[f"t_{p}_ms"] = _median(runs[f"t_{p}_s"]) * 1000.0

@@ -84,7 +84,9 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
 
     ``frame`` is runs_frame(runs): row i describes runs[i].
     """
-    key = "step" if kind == "iter" else "epoch"
+    # on a time axis, evaluations within epochs (kind "eval") are points of the accuracy curve too
+    kinds = [kind, "eval"] if kind == "epoch" and x != "epoch" else [kind]
+    key = "step" if kind == "iter" or x != "epoch" else "epoch"
     complete = frame[frame["status"] == "complete"]
     facets = _facets(frame)
     sizes = sorted(complete["world_size"].dropna().unique())
@@ -103,8 +105,8 @@ def _plot_curves(runs: Sequence[Run], frame: pd.DataFrame, path: Path, *, kind: 
                     m = runs[index].metrics
                     if m is None:
                         continue
-                    rows = m.loc[(m["kind"] == kind) & m[y].notna(), list(dict.fromkeys([key, x, y]))]
-                    if kind == "epoch":
+                    rows = m.loc[m["kind"].isin(kinds) & m[y].notna(), list(dict.fromkeys([key, x, y]))]
+                    if key == "epoch":
                         rows[key] = rows[key] + 1  # evaluations come at the end of an epoch: epochs completed
                     if len(rows):
                         curves.append(rows)
@@ -146,21 +148,24 @@ def _legend(fig, axes, title: str = "strategy") -> None:
                    ncols=min(len(labels), 4))
 
 
+TIME_LABEL = "training time since start (s, test evaluations left out)"
+
+
 def plot_loss(runs: Sequence[Run], frame: pd.DataFrame, path: Path, x: str = "step") -> None:
-    """Training loss (rank 0's local batch) against iteration or wall-clock time, per strategy."""
-    time_axis = x == "wall_s"
+    """Training loss (rank 0's local batch) against iteration or training time, per strategy."""
+    time_axis = x in ("wall_s", "train_s")
     _plot_curves(runs, frame, path, kind="iter", x=x, y="loss", smooth=True, log=True,
-                 title=f"Training loss vs {'wall-clock time' if time_axis else 'iteration'}",
-                 xlabel="wall-clock time since start (s)" if time_axis else "iteration",
+                 title=f"Training loss vs {'training time' if time_axis else 'iteration'}",
+                 xlabel=TIME_LABEL if time_axis else "iteration",
                  ylabel="training loss (rank 0 batch)")
 
 
 def plot_accuracy(runs: Sequence[Run], frame: pd.DataFrame, path: Path, x: str = "epoch") -> None:
-    """Test accuracy at each evaluation against epochs completed or wall-clock time."""
-    time_axis = x == "wall_s"
+    """Test accuracy at each evaluation against epochs completed or training time."""
+    time_axis = x in ("wall_s", "train_s")
     _plot_curves(runs, frame, path, kind="epoch", x=x, y="test_acc", scale=100.0,
-                 title=f"Test accuracy vs {'wall-clock time' if time_axis else 'epoch'}",
-                 xlabel="wall-clock time since start (s)" if time_axis else "epochs completed",
+                 title=f"Test accuracy vs {'training time' if time_axis else 'epoch'}",
+                 xlabel=TIME_LABEL if time_axis else "epochs completed",
                  ylabel="test accuracy (%)")
 
 

@@ -84,9 +84,11 @@ def iteration_table(table: pd.DataFrame) -> str:
 def convergence_table(table: pd.DataFrame) -> str:
     shown, _ = _shown_settings(table)
     baseline = table["baseline"].dropna().iloc[0] if table["baseline"].notna().any() else "baseline"
+    collapsed = "collapsed" in table and (table["collapsed"] > 0).any()
     headers = [SETTING_LABELS.get(c, c) for c in shown] + [
         "strategy", "workers", "test accuracy (%)", f"gap to {baseline} (pp)", "target (%)",
-        "time to target (s)", "reached", f"time-to-target speedup vs {baseline}"]
+        "time to target (s)", "reached", f"time-to-target speedup vs {baseline}",
+        f"iteration speedup vs {baseline}", *(["collapsed"] if collapsed else [])]
     rows = []
     for _, r in table.iterrows():
         ttt_text = _ttt_cell(r)
@@ -96,8 +98,18 @@ def convergence_table(table: pd.DataFrame) -> str:
             "—" if not math.isfinite(gap) else f"{gap:+.2f}".replace("-", "−"),
             _f(r["target_acc"] * 100.0, ".1f"), ttt_text if math.isfinite(r["target_acc"]) else "—",
             f"{int(r['target_reached'])}/{int(r['runs'])}" if math.isfinite(r["target_acc"]) else "—",
-            _ratio(r["ttt_speedup"])])
+            _ratio(r["ttt_speedup"]), _ratio(r["speedup_vs_baseline"]),
+            *([f"**{int(r['collapsed'])}/{int(r['runs'])}**" if r["collapsed"] else "0"] if collapsed else [])])
     return _md_table(headers, rows)
+
+
+def collapse_lines(runs: pd.DataFrame) -> List[str]:
+    """A warning per complete run whose training loss sat at chance level (summary.json's collapse)."""
+    if "collapse" not in runs:
+        return []
+    hit = runs[(runs["status"] == "complete") & runs["collapse"].notna()]
+    return [f"- `{r['run']}` ({r['strategy']}, {r['world_size']} workers, seed {r['seed']}): {r['collapse']}"
+            for _, r in hit.iterrows()]
 
 
 def _ttt_cell(row: pd.Series) -> str:
@@ -165,14 +177,21 @@ def render_markdown(runs: pd.DataFrame, table: pd.DataFrame, missing: List[dict]
             "over one worker of the same strategy (throughput ratio at a fixed per-worker batch).", "",
             iteration_table(table), "",
             "## Convergence", "",
-            f"Test accuracy at the end of training, its gap to {base} in percentage points, and the wall-clock time "
-            "to first reach the target accuracy (a run that never did counts as infinitely slow).", "",
+            f"Test accuracy at the end of training, its gap to {base} in percentage points, and the training time "
+            "(wall-clock, test evaluations left out) to first reach the target accuracy (a run that never did counts "
+            f"as infinitely slow), with its speedup over {base} next to the per-iteration speedup.", "",
             convergence_table(table), "",
             "## Where the time goes", "",
             "Mean milliseconds per iteration after warm-up in each phase on rank 0 (communication wait is time "
             "blocked on reductions; other is the rest of the loop).", "",
             breakdown_table(table), "",
         ]
+    warnings = collapse_lines(runs)
+    if warnings:
+        out += ["## Warning: training collapsed to chance level", "",
+                "These runs completed, but their mean training loss sat at chance level, ln(classes), for a whole "
+                "epoch (asyncsgd.collapse): they stopped learning. Their numbers are in the tables above.", "",
+                *warnings, ""]
     out += ["## Runs that failed, did not finish or lack outputs", ""]
     out += problems if problems else [f"None: all {len(runs)} run(s) completed."]
     out += [""]

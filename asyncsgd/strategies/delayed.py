@@ -12,6 +12,12 @@ The gradients are views of one flat buffer, so each of these copies is one
 kernel; each buffer has one extra element for the stop flag
 (:class:`~asyncsgd.stopping.StopFlagSlot`); buffers are summed, and the
 division by P happens in the copy back into the gradients.
+
+``strategy.compensation`` adds staleness compensation rules
+(:mod:`asyncsgd.strategies.compensation`); the strategy calls their hooks at
+fixed points of the step and carries their state through checkpoints. They
+see the averaged gradient (the flat buffer less its stop flag), after the copy
+back, so the flag and the summing stay out of their math.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import torch
 from ..comm import DoneHandle, Handle
 from ..stopping import StopFlagSlot
 from .base import Strategy
+from .compensation import Compensation
 
 
 class _Queued(NamedTuple):
@@ -47,13 +54,20 @@ class DelayedStrategy(Strategy):
         self.in_flight: Deque[_Queued] = deque()  # oldest first
         self.steps_taken = 0
         self.stop_slot = StopFlagSlot()
+        self.compensation = Compensation(self.cfg, self.params, self.optimizer, self._flatten_into,
+                                         self._unflatten_from)
         return net
+
+    def zero_grad(self) -> None:
+        super().zero_grad()
+        self.compensation.begin_step()  # the forward of this step may run at predicted weights
 
     def synchronize(self) -> None:
         self.flat[-1] = self.stop_slot.outgoing
         buffer = self.free.popleft().copy_(self.flat)
         handle = self._reduce(buffer, f"allreduce step {self.steps_taken}", average=False)
         self.in_flight.append(_Queued(self.steps_taken, handle, buffer, 1.0 / self.comm.size, True))
+        self.compensation.after_backward(self.steps_taken)
         self.steps_taken += 1
 
     def step(self) -> None:
@@ -66,7 +80,10 @@ class DelayedStrategy(Strategy):
         torch.mul(queued.buffer, queued.scale, out=self.flat)  # into the gradients, averaged on the way
         if queued.carries_flag:
             self.stop_slot.deliver(float(queued.buffer[-1]))
+        self.compensation.correct(queued.step, self.flat[:-1])  # in place: the gradients are its views
+        self.compensation.before_update(queued.step)
         self._update(self.optimizer, f"update with gradient of step {queued.step}", grad_step=queued.step)
+        self.compensation.after_update()
         self.free.append(queued.buffer)
 
     def flush(self) -> None:
@@ -96,6 +113,7 @@ class DelayedStrategy(Strategy):
         state["steps_taken"] = self.steps_taken
         state["queue_steps"] = [queued.step for queued in self.in_flight]
         state["queue"] = [queued.buffer[:-1] * queued.scale for queued in self.in_flight]
+        state["compensation"] = self.compensation.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -110,6 +128,7 @@ class DelayedStrategy(Strategy):
             buffer[-1] = 0.0
             # reduced and averaged before it was saved; its stop flag was read then
             self.in_flight.append(_Queued(int(step), DoneHandle(buffer), buffer, 1.0, False))
+        self.compensation.load_state_dict(state.get("compensation", {"rules": []}))
 
     def pending_steps(self) -> List[int]:
         return [queued.step for queued in self.in_flight]

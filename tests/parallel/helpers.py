@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import torch
 
@@ -23,6 +23,20 @@ def train_and_load(workdir: Path, name: str, args: List[str]) -> Dict[str, torch
 def max_relative_error(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp_min(1e-12)) for k in a)
+
+
+def global_batches(n: int, batch: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
+    """The sample indices of each of ``steps`` global batches: consecutive slices of ``randperm(n)``
+    seeded with seed+epoch, the incomplete tail of each epoch dropped (design.md, "Data order")."""
+    step, epoch = 0, 0
+    while step < steps:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        for i in range(n // batch):
+            if step == steps:
+                return
+            yield order[i * batch:(i + 1) * batch]
+            step += 1
+        epoch += 1
 
 
 def reference_sgd(model_name: str, batch: int, steps: int, lr=0.05, momentum=0.9, weight_decay=0.001, seed=3,
@@ -49,22 +63,14 @@ def reference_sgd(model_name: str, batch: int, steps: int, lr=0.05, momentum=0.9
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     params = list(model.parameters())
     owed: List[List[torch.Tensor]] = []
-    step, epoch = 0, 0
-    while step < steps:
-        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed + epoch))
-        for i in range(len(x_all) // batch):
-            if step == steps:
-                break
-            idx = order[i * batch:(i + 1) * batch]
-            model.zero_grad()
-            F.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
-            owed.append([p.grad.clone() for p in params])
-            if len(owed) > k:
-                for p, g in zip(params, owed.pop(0)):
-                    p.grad = g
-                opt.step()
-            step += 1
-        epoch += 1
+    for idx in global_batches(len(x_all), batch, steps, seed):
+        model.zero_grad()
+        F.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
+        owed.append([p.grad.clone() for p in params])
+        if len(owed) > k:
+            for p, g in zip(params, owed.pop(0)):
+                p.grad = g
+            opt.step()
     while drain and owed:
         for p, g in zip(params, owed.pop(0)):
             p.grad = g

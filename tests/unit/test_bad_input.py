@@ -52,6 +52,11 @@ CASES = [
     ("strategy.fuse=maybe", "strategy.fuse='maybe' is not a valid bool"),
     ("strategy=delayed strategy.drain=maybe", "strategy.drain='maybe' is not a valid bool"),
     ("strategy=ddp strategy.bucket_mb=0", "strategy.bucket_mb=0.0 must be > 0"),
+    ("strategy=delayed strategy.compensation=nesterov",
+     "strategy.compensation='nesterov' is not allowed; use none or rules joined by + from momentum, lr, dc, predict"),
+    ("strategy=delayed strategy.dc_lambda=-1", "strategy.dc_lambda=-1.0 must be >= 0"),
+    ("strategy=delayed strategy.dc_beta=1", "strategy.dc_beta=1.0 must be in [0, 1)"),
+    ("strategy=sync strategy.compensation=dc", "strategy.compensation is not a config key"),
     # launcher
     ("launcher.grace_s=0", "launcher.grace_s=0.0 must be > 0"),
     ("launcher=cluster", "launcher=cluster is not an option; choose one of emulated, external, local"),
@@ -66,6 +71,8 @@ CASES = [
     ("train.grad_clip_norm=0", "train.grad_clip_norm=0.0 must be > 0 or null"),
     ("train.measure_comm=maybe", "train.measure_comm='maybe' is not a valid bool"),
     ("train.nonfinite=ignore", "train.nonfinite='ignore' is not allowed; choose one of stop, skip"),
+    ("train.on_collapse=ignore", "train.on_collapse='ignore' is not allowed; choose one of warn, stop"),
+    ("train.eval_every_steps=-1", "train.eval_every_steps=-1 must be >= 0"),
     # fault, checkpoint, resume
     ("fault.step=-1", "fault.step=-1 must be >= 0"),
     ("fault.kind=segv", "fault.kind='segv' is not allowed; choose one of raise, kill, nan"),

@@ -14,6 +14,7 @@ from asyncsgd.config import (
     MNISTConfig,
 )
 from asyncsgd.data import check_dataset_root, dataset_input_shape, load_dataset, make_train_loader
+from asyncsgd import idx
 from asyncsgd.image_data import STATS
 from ..datafiles import labelled_images, write_cifar10, write_cifar100, write_image_folder, write_mnist
 
@@ -176,24 +177,69 @@ def test_root_checks_name_what_is_expected_and_how_to_get_it(tmp_path, mnist_roo
     assert "cifar-10-batches-py lacks data_batch_1" in msg and "dataset.download=true" in msg
     # Pointing at the set's own folder: say which directory to use instead.
     assert f"set dataset.root={mnist_root}" in _error(MNISTConfig(root=str(mnist_root / "MNIST")))
-    assert f"set dataset.root={mnist_root}" in _error(MNISTConfig(root=str(mnist_root / "MNIST" / "raw")))
+    check_dataset_root(MNISTConfig(root=str(mnist_root / "MNIST" / "raw")))  # the four files flat: a layout too
     assert f"set dataset.root={cifar10_root}" in _error(CIFAR10Config(root=str(cifar10_root / "cifar-10-batches-py")))
     check_dataset_root(MNISTConfig(root=str(mnist_root)))
     check_dataset_root(CIFAR10Config(root=str(cifar10_root)))
     check_dataset_root(MNISTConfig(root=str(tmp_path / "empty"), download=True))  # torchvision will fetch it
 
 
-def test_mnist_check_spots_gzipped_and_foreign_files(tmp_path):
+def test_idx_files_are_read_gzipped_or_not_flat_or_in_torchvision_layout(tmp_path, mnist_root):
+    import gzip
+    import shutil
+
+    plain = load_dataset(MNISTConfig(root=str(mnist_root)), seed=0)
+    flat = tmp_path / "flat"  # as the original archives and Debian's dataset-fashion-mnist ship them
+    flat.mkdir()
+    for f in (mnist_root / "MNIST" / "raw").iterdir():
+        (flat / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    mixed = tmp_path / "mixed" / "MNIST" / "raw"  # torchvision's layout, one file still gzipped
+    shutil.copytree(mnist_root / "MNIST" / "raw", mixed)
+    (mixed / "t10k-images-idx3-ubyte").unlink()
+    shutil.copy(flat / "t10k-images-idx3-ubyte.gz", mixed)
+    for root in (flat, tmp_path / "mixed"):
+        check_dataset_root(MNISTConfig(root=str(root)))
+        data = load_dataset(MNISTConfig(root=str(root)), seed=0)
+        for split in ("train", "test"):
+            a, b = getattr(data, split), getattr(plain, split)
+            assert len(a) == len(b)
+            assert all(torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1] for i in range(len(a)))
+    assert {p.name for p in flat.iterdir()} == {f"{n}.gz" for n in idx.NAMES}  # nothing unpacked beside them
+
+
+def test_mnist_check_spots_missing_foreign_and_truncated_files(tmp_path):
     import gzip
 
     root = write_mnist(tmp_path / "m", n_train=10, n_test=10)
     raw = root / "MNIST" / "raw"
     target = raw / "t10k-labels-idx1-ubyte"
-    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(target.read_bytes()))
+    original = target.read_bytes()
     target.unlink()
-    assert "gunzip" in _error(MNISTConfig(root=str(root)))
+    assert "lacks t10k-labels-idx1-ubyte (plain or .gz)" in _error(MNISTConfig(root=str(root)))
     target.write_bytes(b"<html>not found</html>")
-    assert "is not an uncompressed idx labels file" in _error(MNISTConfig(root=str(root)))
+    assert "is not an idx labels file" in _error(MNISTConfig(root=str(root)))
+    target.unlink()
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    assert "cannot be read" in _error(MNISTConfig(root=str(root)))
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(original[:-3]))  # header passes, body short
+    check_dataset_root(MNISTConfig(root=str(root)))
+    with pytest.raises(ConfigError, match="is truncated or padded: its header announces 10 bytes, it holds 7"):
+        load_dataset(MNISTConfig(root=str(root)), seed=0)
+
+
+def test_fashion_mnist_defaults_to_the_system_package_location(tmp_path, monkeypatch):
+    from asyncsgd import image_data
+
+    system = write_mnist(tmp_path / "usr", folder="FashionMNIST") / "FashionMNIST" / "raw"
+    monkeypatch.setitem(image_data.SYSTEM_ROOTS, "fashion_mnist", str(system))
+    check_dataset_root(FashionMNISTConfig(root=None))
+    assert len(load_dataset(FashionMNISTConfig(root=None), seed=0).train) == 200
+    other = write_mnist(tmp_path / "mine", folder="FashionMNIST", n_train=30)
+    assert len(load_dataset(FashionMNISTConfig(root=str(other)), seed=0).train) == 30  # dataset.root wins
+    monkeypatch.setitem(image_data.SYSTEM_ROOTS, "fashion_mnist", str(tmp_path / "not-installed"))
+    msg = _error(FashionMNISTConfig(root=None))
+    assert "needs dataset.root=DIR" in msg and "dataset-fashion-mnist" in msg and "./scripts/setup-data" in msg
+    assert "dataset-fashion-mnist" not in _error(MNISTConfig(root=None))  # no system package for MNIST
 
 
 def test_unreadable_cifar_batch_is_one_line(tmp_path):

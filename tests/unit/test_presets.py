@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -19,22 +20,40 @@ from asyncsgd.validate import compose_jobs, expand_sweep, options
 
 VARIANTS = {  # variant -> (strategy name, the settings it fixes)
     "sync": ("sync", {}),
-    "layerwise_forward": ("layerwise", {"wait_at": "forward"}),
+    "layerwise_forward": ("layerwise", {"wait_at": "forward", "priority": False}),
     "layerwise_step": ("layerwise", {"wait_at": "step"}),
-    "delayed_k1": ("delayed", {"k": 1}),
-    "delayed_k2": ("delayed", {"k": 2}),
+    "layerwise_priority": ("layerwise", {"wait_at": "forward", "priority": True}),
+    "delayed_k1": ("delayed", {"k": 1, "compensation": "none"}),
+    "delayed_k2": ("delayed", {"k": 2, "compensation": "none"}),
+    "delayed_k4": ("delayed", {"k": 4, "compensation": "none"}),
+    **{f"delayed_k{k}_{rule}": ("delayed", {"k": k, "compensation": rule})
+       for k in (1, 2, 4) for rule in ("momentum", "lr", "dc", "predict") if (k, rule) != (1, "lr")},  # lr: no-op at k=1
     "ddp": ("ddp", {}),
 }
+STRATEGY_VARIANTS = ["sync", "layerwise_forward", "layerwise_step", "delayed_k1", "delayed_k2", "ddp"]
 
 # What each preset sweeps, as (key, values); the jobs are their product in this order.
 SWEEPS = {
-    "strategies": [("+variant", list(VARIANTS)), ("world_size", [1, 2])],
+    "strategies": [("+variant", STRATEGY_VARIANTS), ("world_size", [1, 2])],
     "scaling": [("+variant", ["sync", "layerwise_forward", "delayed_k1", "ddp"]), ("world_size", [1, 2, 4])],
-    "small_batch": [("+variant", list(VARIANTS)), ("train.batch_size", [1, 4, 16, 64])],
+    "small_batch": [("+variant", STRATEGY_VARIANTS), ("train.batch_size", [1, 4, 16, 64])],
     "architectures": [("model", ["mlp", "lenet", "cnn", "resnet18", "alexnet"]),
                       ("+variant", ["sync", "layerwise_forward", "delayed_k1", "ddp"])],
     "paper": [("model", ["alexnet", "googlenet"]), ("+variant", ["sync", "layerwise_forward", "delayed_k1"])],
+    "time_to_accuracy": [("seed", [0, 1, 2]), ("model", ["lenet", "cnn"]),
+                         ("+variant", ["sync", "layerwise_priority", "ddp",
+                                       *[v for k in (1, 2, 4) for v in VARIANTS if v.startswith(f"delayed_k{k}")]])],
 }
+# Composing a job takes a few tenths of a second: where a preset sweeps a hundred jobs, the
+# compose tests take these values from the command line (which replaces the preset's sweep).
+NARROW = {"time_to_accuracy": {"seed": [1], "model": ["cnn"]}}
+
+
+def _narrowed(name: str):
+    """The preset's sweep with NARROW's values, and the overrides that ask for them."""
+    narrow = NARROW.get(name, {})
+    return ([(k, narrow.get(k, values)) for k, values in SWEEPS[name]],
+            [f"{k}={','.join(map(str, v))}" for k, v in narrow.items()])
 
 
 def skip_unless_available(group: str, option: str) -> None:
@@ -70,27 +89,29 @@ def test_preset_sweeps_what_it_promises(name):
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_preset_composes_to_its_jobs(name):
     skip_unless_available("experiment", name)
-    configs = compose_jobs([f"+experiment={name}"], multirun=True)
-    expected = list(itertools.product(*[values for _, values in SWEEPS[name]]))
-    assert [tuple(_job_value(c, k) for k, _ in SWEEPS[name]) for c in configs] == expected
+    sweep, narrow = _narrowed(name)
+    configs = compose_jobs([f"+experiment={name}", *narrow], multirun=True)
+    expected = list(itertools.product(*[values for _, values in sweep]))
+    assert [tuple(_job_value(c, k) for k, _ in sweep) for c in configs] == expected
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_preset_composes_with_the_options_that_exist_today(name):
     """The part of each preset this checkout can compose: its available models and variants."""
-    sweep = dict(SWEEPS[name])
+    narrowed, narrow = _narrowed(name)
+    sweep = dict(narrowed)
     variants = runnable_variants(name)
     models = [m for m in sweep.get("model", []) if m in options("model")]
     missing_fixed = [m for m in missing_options("experiment", name)
                      if not m.startswith(("strategy=", "variant=", "model="))]
     if not variants or "model" in sweep and not models or missing_fixed:
         pytest.skip(f"+experiment={name} needs {', '.join(missing_options('experiment', name))}")
-    overrides = [f"+experiment={name}", f"+variant={','.join(variants)}"]
+    overrides = [f"+experiment={name}", f"+variant={','.join(variants)}", *[o for o in narrow if o[:6] != "model="]]
     if "model" in sweep:
         overrides.append(f"model={','.join(models)}")
     configs = compose_jobs(overrides, multirun=True)
-    sizes = [len(models) if k == "model" else len(variants) if k == "+variant" else len(v) for k, v in SWEEPS[name]]
-    assert len(configs) == sizes[0] * sizes[1]
+    sizes = [len(models) if k == "model" else len(variants) if k == "+variant" else len(v) for k, v in narrowed]
+    assert len(configs) == math.prod(sizes)
     assert {c.backend.name for c in configs} == {"mpi" if name == "paper" else "gloo"}
 
 
