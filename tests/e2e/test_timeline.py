@@ -49,7 +49,8 @@ def test_layerwise_reductions_start_during_backward_and_sync_after_it(workdir):
     reductions = _by_step(sync, 1, "allreduce")
     for step in (4, 5, 6):
         (reduction,) = reductions[step]
-        assert reduction["args"]["bytes"] == 4 * (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10)
+        # every gradient, fused, plus one element for the stop flag (asyncsgd.stopping.StopFlagSlot)
+        assert reduction["args"]["bytes"] == 4 * (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10 + 1)
         assert reduction["ts"] >= max(e["ts"] + e["dur"] for e in backward[step])
 
 

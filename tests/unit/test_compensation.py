@@ -54,9 +54,9 @@ class CountingComm:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def allreduce_async(self, tensor, average=True):
+    def allreduce_async(self, tensor, average=True, channel=0):
         self.calls += 1
-        return self.inner.allreduce_async(tensor, average)
+        return self.inner.allreduce_async(tensor, average, channel)
 
 
 def _train(comm, cfg, steps=7, stop_after=None):
