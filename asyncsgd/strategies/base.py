@@ -156,9 +156,11 @@ class Strategy(ABC):
     def _finite(self, params: List[torch.Tensor], grad_step: Optional[int]) -> bool:
         """False (update skipped) or NonFiniteGradient when a gradient holds NaN/inf."""
         grads = [p.grad for p in params if p.grad is not None]
-        # With a flat gradient buffer (whose extra elements are finite) the fast path is one sum.
-        if (math.isfinite(self.flat_grad.sum().item()) if self.flat_grad is not None
-                else self.all_finite(grads)) or all(bool(torch.isfinite(g).all()) for g in grads):
+        if self.flat_grad is None:
+            finite = self.all_finite(grads)
+        else:  # the fast path is one sum over the flat buffer (its extra elements are finite)
+            finite = math.isfinite(self.flat_grad.sum().item()) or all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite:
             return True
         if self.nonfinite == "skip":
             self.skipped += 1

@@ -77,6 +77,7 @@ class _Bucket:
     # the chunks, in order: None for ``flat``, else (parameter position, first, end element) of a gradient
     layout: List[Optional[tuple]] = field(default_factory=list)
     flat: Optional[torch.Tensor] = None
+    flat_piece: Optional[_Piece] = None  # the small parameters and their views of ``flat`` (fixed at build)
     carries_flags: bool = False
     covered: bool = False  # launched no later than the flags' bucket: its local check is in the flags
     ready: int = 0  # parameters whose gradient arrived in this backward
@@ -158,6 +159,12 @@ class LayerwiseStrategy(Strategy):
             if n:
                 bucket.flat = torch.empty(n, dtype=params[0].dtype, device=params[0].device)
                 bucket.layout.append(None)
+                small = [p for p, is_small in zip(params, bucket.small) if is_small]
+                views, offset = [], 0
+                for p in small:
+                    views.append(bucket.flat[offset: offset + p.numel()].view_as(p))
+                    offset += p.numel()
+                bucket.flat_piece = _Piece([p.detach() for p in small], views, small)
             per = max(1, chunk_bytes // params[0].element_size()) if chunk_bytes else 0
             for k, p in enumerate(params):
                 if not bucket.small[k]:
@@ -259,14 +266,7 @@ class LayerwiseStrategy(Strategy):
             if spec is None:
                 self._fill_flat(bucket, grads)
                 job.chunks.append(Chunk(bucket.flat, name))
-                small = [k for k, is_small in enumerate(bucket.small) if is_small]
-                views, offset = [], 0
-                for k in small:
-                    p = bucket.params[k]
-                    views.append(bucket.flat[offset: offset + p.numel()].view_as(p))
-                    offset += p.numel()
-                bucket.pieces.append(_Piece([bucket.params[k].detach() for k in small], views,
-                                            [bucket.params[k] for k in small]))
+                bucket.pieces.append(bucket.flat_piece)
             else:
                 k, a, b = spec
                 p, g = bucket.params[k], grads[k].view(-1)
@@ -281,15 +281,13 @@ class LayerwiseStrategy(Strategy):
 
     def _fill_flat(self, bucket: _Bucket, grads: List[torch.Tensor]) -> None:
         """The small gradients, then (first bucket of a step) this rank's flags, into the flat buffer."""
-        offset = 0
-        for g, is_small in zip(grads, bucket.small):
-            if is_small:
-                bucket.flat[offset: offset + g.numel()].copy_(g.reshape(-1))
-                offset += g.numel()
+        small = [g for g, is_small in zip(grads, bucket.small) if is_small]
+        for view, g in zip(bucket.flat_piece.grads, small):
+            view.copy_(g)
         if bucket.carries_flags:
             self.flags[0] = self.stop_slot.outgoing
             self.flags[1] = float(self._bad_local > 0)
-            bucket.flat[offset:].copy_(self.flags)
+            bucket.flat[-FLAGS:].copy_(self.flags)
             self._flags_sent = True
 
     @staticmethod
