@@ -30,11 +30,14 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
 
 import pandas as pd
 
 from .io import atomic_write_text, read_json
+
+if TYPE_CHECKING:  # the projection is imported only where the bound is computed
+    from .projection.profile import Profile
 
 CASES = {
     # the timeline gives the per-layer compute times the layerwise bound is computed from
@@ -125,11 +128,10 @@ def expand_cases(names: List[str], ddp_sizes: List[float], layerwise_sizes: List
     and ``layerwise(priority)`` (per layer) gains ``layerwise(priority,4MB)``..."""
     cases: Dict[str, List[str]] = {}
     for name in names:
-        if name == "ddp":  # torch's default buckets, then each size
-            cases[name] = CASES[name]
+        cases[name] = CASES[name]  # ddp: torch's default buckets, then each size
+        if name == "ddp":
             sweep = [(f"ddp({mb:g}MB)", mb) for mb in ddp_sizes]
         else:
-            cases[name] = CASES[name]
             sweep = [(f"{name[:-1]},{mb:g}MB)", mb) for mb in layerwise_sizes] if name.startswith("layerwise") else []
         for case, mb in sweep:
             cases[case] = CASES[name] + [f"strategy.bucket_mb={mb:g}"]
@@ -173,7 +175,7 @@ def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
     return out + list(args.overrides)
 
 
-def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> float:  # noqa: F821
+def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> float:
     """The least time per iteration any schedule of ``layerwise(wait_at=forward)`` can reach in
     this cell (:func:`asyncsgd.projection.schedules.layerwise_bound`, issue 12's bound).
 
@@ -220,8 +222,14 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     t_compute = med.get("nocomm", {}).get("iter_s")
     t_comm = med.get("sync", {}).get("allreduce_alone_s")
     limit = max(t_compute, t_comm) if t_compute is not None and t_comm is not None else None
+
+    def efficiency(t: float) -> Optional[float]:
+        if t_sync is None or limit is None or t_sync - limit <= 1e-9:
+            return None
+        return (t_sync - t) / (t_sync - limit)
+
     bound = None
-    if limit is not None and samples.get("nocomm") and samples["nocomm"][0].get("run_dir"):
+    if limit is not None and samples.get("nocomm") and samples["nocomm"][0].get("run_dir"):  # (a timeline to read)
         try:
             from .projection.measure import profile_from_run
 
@@ -237,15 +245,12 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     t_ddp = med[best["ddp"]]["iter_s"] if "ddp" in best else None
     rows = []
     for name, m in med.items():
-        efficiency = None
-        if t_sync is not None and limit is not None and name != "nocomm" and t_sync - limit > 1e-9:
-            efficiency = (t_sync - m["iter_s"]) / (t_sync - limit)
         row = {
             "strategy": name,
             "ms_per_iter": m["iter_s"] * 1e3,
             "comm_wait_ms": m["comm_wait_s"] * 1e3,
             "speedup_vs_sync": t_sync / m["iter_s"] if t_sync else None,
-            "overlap_efficiency": efficiency,
+            "overlap_efficiency": efficiency(m["iter_s"]) if name != "nocomm" else None,
         }
         if t_ddp is not None:
             row["speedup_vs_best_ddp"] = t_ddp / m["iter_s"]
@@ -253,8 +258,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
                        limit_ms=(limit or float("nan")) * 1e3, best=best, bound_ms=(bound or float("nan")) * 1e3,
-                       bound_efficiency=((t_sync - bound) / (t_sync - limit) if bound and t_sync and limit
-                                         and t_sync - limit > 1e-9 else float("nan")))
+                       bound_efficiency=float("nan") if not bound or efficiency(bound) is None else efficiency(bound))
     return table
 
 

@@ -31,6 +31,8 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from .io import atomic_write_text
+
 CASES = {
     "cnn": ["dataset=synthetic", "dataset.num_test=64", "model=cnn", "train.batch_size=32"],  # design.md's case
     "mlp": ["dataset=digits", "model=mlp", "train.batch_size=32"],  # the default run's network
@@ -134,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"bench-overhead: {exc}", file=sys.stderr)
         sys.exit(1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "overhead.md").write_text(text)
+    atomic_write_text(out / "overhead.md", text)
     print(text + f"\nwritten: {out / 'overhead.md'}")
 
 

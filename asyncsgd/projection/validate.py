@@ -17,7 +17,6 @@ run and its strategy label are.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -26,7 +25,7 @@ import pandas as pd
 
 from .. import report as house
 from .profile import Profile, ProfileError
-from .schedules import IDEAL, ScheduleError, StrategySpec, predict, ruleset_for
+from .schedules import IDEAL, ScheduleError, StrategySpec, predict, ruleset_for, worker_cpu
 
 LOOPBACK_BPS = 1e12  # no rate limit: the CPU model bounds a loopback reduction
 
@@ -126,7 +125,7 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
         steps = int(flat.get("train.max_steps") or meta.get("steps") or 20)
         warmup = min(int(flat.get("train.warmup_steps") or 0), steps - 1)
         world = int(meta["world_size"])
-        cpu = 1.0 / profile.slowdown_at(world, int(flat.get("train.threads") or 1))
+        cpu = worker_cpu(profile, world, int(flat.get("train.threads") or 1))
         pred = predict(profile, net, world, spec, rules, cpu=cpu, steps=steps, warmup=warmup)
         row.update(profile=profile.name, rules=rules, predicted_ms=pred.mean_s * 1e3,
                    predicted_median_ms=pred.iter_s * 1e3, predicted_comm_wait_ms=pred.comm_wait_s * 1e3)
