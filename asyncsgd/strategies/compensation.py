@@ -96,6 +96,7 @@ class Compensation:
             self.last_update = flat()  # w_t - w_{t-1}; zero until the first update
             # w_t, put back after backward; the step's one update starts from it (see after_update)
             self.true_weights = flat()
+            self.predicted = flat()  # scratch: w_t + k (w_t - w_{t-1}), filled each step without allocating
 
     # -- hooks, in the order a step calls them --------------------------------
     def begin_step(self) -> None:
@@ -103,7 +104,8 @@ class Compensation:
         if "predict" in self.rules:
             self._flatten(self.true_weights, self._data())
             if self.k > 0:
-                self._unflatten(torch.add(self.true_weights, self.last_update, alpha=self.k), self._data())
+                torch.add(self.true_weights, self.last_update, alpha=self.k, out=self.predicted)
+                self._unflatten(self.predicted, self._data())
 
     def after_backward(self, step: int) -> None:
         """``dc``: remember the weights the gradient was computed at; ``predict``: back to the true weights."""
