@@ -70,13 +70,11 @@ def _task(cfg: DictConfig) -> None:
 
 def _run_local(conf, cfg: DictConfig, run_dir: Path) -> None:
     from .launch.local import WorkerFailure, launch_local
-    from .runinfo import base_summary, clear_rank_files, save_config, update_summary
+    from .runinfo import save_config, start_attempt, update_summary
     from .io import read_json
 
     save_config(run_dir, cfg)
-    clear_rank_files(run_dir)
-    update_summary(run_dir, **base_summary(conf), interrupted_at_step=None, checkpoint=None, error=None,
-                   failed_rank=None, finished_at=None)
+    start_attempt(run_dir, conf)
     try:
         if conf.launcher.name == "emulated":
             from .launch.emulated import launch_emulated as launch

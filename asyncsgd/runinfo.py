@@ -106,6 +106,15 @@ def clear_rank_files(run_dir: Path) -> None:
             f.unlink(missing_ok=True)
 
 
+def start_attempt(run_dir: Path, cfg: Config, world_size: Optional[int] = None, **extra: Any) -> None:
+    """Before the workers of an attempt start: forget the last attempt's pid files and failure
+    reports, and write this attempt's summary (what ran, nothing yet interrupted, failed or ended),
+    so a run whose workers never connect still has a summary that can say ``failed``."""
+    clear_rank_files(run_dir)
+    update_summary(run_dir, **base_summary(cfg, world_size), interrupted_at_step=None, checkpoint=None,
+                   error=None, failed_rank=None, finished_at=None, **extra)
+
+
 def worker_ranks(run_dir: Path) -> List[int]:
     """Ranks that started (wrote a pid file) in this run dir."""
     return sorted(int(f.stem[4:]) for f in (Path(run_dir) / INTERNAL).glob("rank*.pid") if f.stem[4:].isdigit())

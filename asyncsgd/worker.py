@@ -17,7 +17,7 @@ from typing import Optional
 from .config import Config
 from .launch.environment import default_threads, detect, prepare_torchdist_env
 from .launch.slurm import remove_stale_mpich_segments, requeue_after_stop, slurm_job_id
-from .runinfo import base_summary, clear_rank_files, load_config, record_failure, update_summary, write_pid
+from .runinfo import load_config, record_failure, start_attempt, update_summary, write_pid
 from .stopping import Interrupted, catch_early
 
 log = logging.getLogger("asyncsgd")
@@ -86,12 +86,9 @@ def _start_attempt(cfg: Config, run_dir: Path, place, rendezvous: Optional[str])
     attempt's pid files, failure reports, error or end time; and a run whose workers
     never connect must still leave a summary that can say ``failed``.
     """
-    clear_rank_files(run_dir)
-    values = dict(base_summary(cfg, place.size if place else None), interrupted_at_step=None, checkpoint=None,
-                  error=None, failed_rank=None, finished_at=None, rendezvous=rendezvous)
-    if slurm_job_id():
-        values["slurm_job_id"] = slurm_job_id()
-    update_summary(run_dir, **values)
+    job = slurm_job_id()
+    start_attempt(run_dir, cfg, place.size if place else None, rendezvous=rendezvous,
+                  **({"slurm_job_id": job} if job else {}))
 
 
 def _not_connected(cfg: Config, run_dir: Path, place, rendezvous: Optional[str], exc: BaseException) -> None:
