@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
 
 import pandas as pd
 
+from .config import MPI_PROGRESS
 from .io import atomic_write_text, read_json
 
 if TYPE_CHECKING:  # the projection is imported only where the bound is computed
@@ -46,6 +47,9 @@ CASES = {
     "layerwise(forward)": ["strategy=layerwise", "strategy.wait_at=forward"],
     "layerwise(step)": ["strategy=layerwise", "strategy.wait_at=step"],
     "layerwise(priority)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true"],
+    # and large fully connected layers as row blocks of one chunk each (asyncsgd.strategies.split)
+    "layerwise(priority+split)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true",
+                                  "strategy.split_mb=1"],
     "delayed(k=1)": ["strategy=delayed", "strategy.k=1"],
     "delayed(k=2)": ["strategy=delayed", "strategy.k=2"],
     "ddp": ["strategy=ddp"],
@@ -56,7 +60,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="asyncsgd-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="gloo", choices=["gloo", "mpi", "nccl"])
     p.add_argument("--progress", default=None,
-                   help="MPI progress mode(s), comma-separated from thread,test,library (backend=mpi only); "
+                   help="MPI progress mode(s), comma-separated from thread,blocking,test,library (backend=mpi only); "
                         "several are compared in one interleaved invocation")
     p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--model", default="cnn")
@@ -86,9 +90,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.progress and args.backend != "mpi":
         p.error("--progress applies to --backend mpi only")
     args.modes = args.progress.split(",") if args.progress else [None]
-    bad = [m for m in args.modes if m not in ("thread", "test", "library", None)]
+    bad = [m for m in args.modes if m is not None and m not in MPI_PROGRESS]
     if bad:
-        p.error(f"--progress: unknown {', '.join(bad)}; choose from thread, test, library")
+        p.error(f"--progress: unknown {', '.join(bad)}; choose from {', '.join(MPI_PROGRESS)}")
     try:
         args.batches = [int(b) for b in args.batch.split(",")]
     except ValueError:

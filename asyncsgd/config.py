@@ -240,20 +240,31 @@ class BackendConfig:
         _require(self.timeout_s > 0, f"backend.timeout_s={self.timeout_s} must be > 0")
 
 
-MPI_PROGRESS = ["thread", "test", "library"]
+MPI_PROGRESS = ["auto", "thread", "blocking", "test", "library"]
 
 
 @dataclass
 class MPIBackendConfig(BackendConfig):
     name: str = "mpi"
-    # Who drives non-blocking reductions: a communication thread (thread), MPI_Test
-    # polling from the training thread's hooks (test), or MPICH's progress thread (library).
-    progress: str = "thread"
+    # Who drives reductions: a communication thread polling non-blocking ones (thread), one
+    # thread per channel in blocking calls (blocking), MPI_Test polling from the training
+    # thread's hooks (test), or MPICH's progress thread (library); auto: thread for layerwise,
+    # blocking for the others (resolve_progress)
+    progress: str = "auto"
     # progress=thread: reductions the communication thread keeps in flight per channel (count);
     # two keep the link busy across one reduction's start-up and the next.
     max_inflight: int = 2
     mpiexec: str = "mpiexec"  # launcher used by launcher=local
     mpiexec_args: List[str] = field(default_factory=list)  # extra flags, e.g. ["-bind-to", "core"]
+
+    def resolve_progress(self, strategy: str) -> str:
+        """The mode ``progress=auto`` stands for with ``strategy``: ``thread`` for layerwise, whose
+        many chunk reductions the thread schedules (channel 0 first, two in flight per channel);
+        ``blocking`` for the others, which reduce one fused gradient per step, where a blocking call
+        cost the training thread's compute half what the polled one did (docs/strategies.md)."""
+        if self.progress != "auto":
+            return self.progress
+        return "thread" if strategy == "layerwise" else "blocking"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -306,9 +317,13 @@ class LayerwiseConfig(StrategyConfig):
     priority: bool = False
     chunk_mb: float = 1.0  # MiB per chunk (priority=true)
     urgent_share: float = 0.1  # fraction of the gradient bytes on the urgent channel (priority=true)
+    # MiB; fully connected layers with a larger weight are computed as row blocks of at most this
+    # size, each a layer of its own (asyncsgd.strategies.split); 0 = off
+    split_mb: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("strategy.wait_at", self.wait_at, WAIT_AT)
+        _require(self.split_mb >= 0, f"strategy.split_mb={self.split_mb} must be >= 0 (MiB; 0 = off)")
         _require(self.bucket_mb >= 0, f"strategy.bucket_mb={self.bucket_mb} must be >= 0")
         _require(self.chunk_mb > 0, f"strategy.chunk_mb={self.chunk_mb} must be > 0 (MiB per chunk)")
         _require(0 <= self.urgent_share < 1, f"strategy.urgent_share={self.urgent_share} must be in [0, 1)")

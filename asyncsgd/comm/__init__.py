@@ -4,12 +4,13 @@ from __future__ import annotations
 from .base import CommTimeout, Communicator, DoneHandle, Handle
 
 
-def make_communicator(backend_cfg) -> Communicator:
-    """Create the communicator for ``backend_cfg`` in an already launched worker."""
+def make_communicator(backend_cfg, strategy: str = "") -> Communicator:
+    """Create the communicator for ``backend_cfg`` in an already launched worker (``strategy``:
+    the strategy's name, which ``backend.progress=auto`` depends on)."""
     if backend_cfg.name == "mpi":
         from .mpi import MPICommunicator
 
-        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.progress,
+        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.resolve_progress(strategy),
                                max_inflight=backend_cfg.max_inflight)
     from .torchdist import TorchDistCommunicator
 

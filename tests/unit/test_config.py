@@ -45,7 +45,7 @@ def test_sweep_expands_to_every_combination_in_order():
     ("train.batch_size=abc", "train.batch_size='abc' is not a valid integer"),
     ("train.lr=-0.1", "train.lr=-0.1 must be >= 0"),
     ("train.epochs=-1", "train.epochs=-1 must be >= 0"),
-    ("backend.progress=magic", "backend.progress='magic' is not allowed; choose one of thread, test, library"),
+    ("backend.progress=magic", "backend.progress='magic' is not allowed; choose one of auto, thread, blocking, test, library"),
     ("fault.rank=5", "fault.rank=5 must be in [0, world_size=2)"),
     ("strategy=delayed strategy.k=-1", "strategy.k=-1 must be an integer >= 0"),
     ("strategy=delayed strategy.k=1.5", "strategy.k='1.5' is not a valid integer"),
@@ -119,3 +119,13 @@ def test_library_progress_needs_thread_multiple(monkeypatch):
     monkeypatch.undo()
     (cfg,) = check_all(["backend.progress=library"], multirun=False)  # this machine's MPICH has it
     assert cfg.backend.progress == "library"
+
+
+def test_mpi_progress_auto_is_thread_for_layerwise_and_blocking_for_the_rest():
+    from asyncsgd.config import MPIBackendConfig
+
+    auto = MPIBackendConfig()
+    assert auto.progress == "auto"
+    assert [auto.resolve_progress(s) for s in ("layerwise", "sync", "delayed", "nocomm")] == [
+        "thread", "blocking", "blocking", "blocking"]
+    assert MPIBackendConfig(progress="test").resolve_progress("layerwise") == "test"  # a choice stays
