@@ -50,6 +50,7 @@ from ..stopping import StopFlagSlot
 from .base import NonFiniteGradient, Strategy
 from .recording import Observation, Recorder
 from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
+from .split import split_linear_layers
 
 log = logging.getLogger("asyncsgd")
 
@@ -89,6 +90,10 @@ class LayerwiseStrategy(Strategy):
     name = "layerwise"
 
     def attach(self, model: nn.Module, make_optimizer):
+        if self.cfg.split_mb > 0:
+            split = split_linear_layers(model, int(self.cfg.split_mb * 2**20))
+            if split and self.comm.rank == 0:
+                log.info("layerwise: computed as row blocks of at most %g MiB: %s", self.cfg.split_mb, ", ".join(split))
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.index = {p: i for i, p in enumerate(self.params)}

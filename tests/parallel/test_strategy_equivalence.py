@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import BACKENDS
+from asyncsgd.config import MPI_PROGRESS
+
+from ..conftest import BACKENDS, needs_mpi
 from .helpers import max_relative_error, reference_sgd, train_and_load
 
 pytestmark = pytest.mark.slow
@@ -29,6 +31,15 @@ def test_layerwise_equals_sequential_sgd(workdir, backend, model, wait_at, sched
     final = train_and_load(workdir, "lw", [f"backend={backend}", f"model={model}", "strategy=layerwise",
                                            f"strategy.wait_at={wait_at}", *SCHEDULES[schedule], *P2])
     assert max_relative_error(final, reference_sgd(model, batch=32, steps=60)) < TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layerwise_with_split_layers_equals_sequential_sgd(workdir, backend):
+    # lenet's two larger fully connected layers (30 and 40 KB) as row blocks of at most 10 KiB, each its
+    # own layer, chunked and scheduled with priority; the final parameters keep nn.Linear's layout
+    final = train_and_load(workdir, "lws", [f"backend={backend}", "model=lenet", "strategy=layerwise",
+                                            *SCHEDULES["priority"], "strategy.split_mb=0.01", *P2])
+    assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -78,3 +89,21 @@ def test_evaluation_mid_training_does_not_change_the_math(workdir):
                                                                      "train.eval_every_epochs=1"])
         k = 2 if "delayed" in strategy[0] else 0
         assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60, k=k)) < TOL
+
+
+# backend.progress=auto already runs layerwise on the polling thread and the others in blocking
+# calls (every MPI test above); each other pairing once: a layerwise run has two channels of chunks
+OTHER_PAIRING = {"thread": "delayed", "blocking": "layerwise", "test": "layerwise", "library": "delayed"}
+
+
+@needs_mpi
+@pytest.mark.parametrize("progress", [m for m in MPI_PROGRESS if m != "auto"])
+def test_every_mpi_progress_mode_gives_the_same_exact_results(workdir, progress):
+    """Who drives MPI's reductions (asyncsgd.comm.mpi) changes timing, never results."""
+    mode = ["backend=mpi", f"backend.progress={progress}", *P2]
+    if OTHER_PAIRING[progress] == "layerwise":
+        final = train_and_load(workdir, "lw", [*mode, "strategy=layerwise", *SCHEDULES["priority"]])
+        assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60)) < TOL
+    else:
+        final = train_and_load(workdir, "d1", [*mode, "strategy=delayed", "strategy.k=1"])
+        assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60, k=1)) < TOL
