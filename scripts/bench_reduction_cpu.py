@@ -1,0 +1,111 @@
+"""What a reduction costs the compute it overlaps, per backend and MPI progress mode.
+
+Two workers on an emulated cluster (root + iproute2, docs/emulated-cluster.md):
+rank 0 and 1 each reduce a gradient-sized tensor through the project's own
+communicator (asyncsgd.comm, as the strategies do) while the training thread
+multiplies matrices (1 thread), and report, medians over repeats:
+
+- reduce alone / reduce overlapped: the reduction's time without and with the compute;
+- compute alone / compute overlapped: the compute's time without and with the reduction
+  (the difference is what overlapping costs the training thread: the backend's threads,
+  the kernel's TCP and veth work on the same cores);
+- other threads' CPU: the process's CPU time outside the training thread while overlapped.
+
+    sudo .venv/bin/python scripts/bench_reduction_cpu.py --emulated 1gbit \\
+        --cases gloo,mpi:thread,mpi:blocking --mbytes 9.54 --repeats 9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def worker(backend: str, progress: str, nbytes: int, repeats: int, out: Path) -> None:
+    import torch
+
+    from asyncsgd.comm import make_communicator
+    from asyncsgd.config import GlooConfig, MPIBackendConfig
+    from asyncsgd.launch.environment import detect, prepare_torchdist_env
+
+    torch.set_num_threads(1)
+    if backend == "mpi":
+        cfg = MPIBackendConfig(progress=progress, timeout_s=120)
+    else:
+        prepare_torchdist_env(detect())
+        cfg = GlooConfig(timeout_s=120)
+    comm = make_communicator(cfg)
+    grad = torch.ones(nbytes // 4)
+    a, b = torch.randn(512, 2048), torch.randn(2048, 512)
+
+    def compute() -> float:
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        return time.perf_counter() - t0
+
+    comm.allreduce(grad)  # connections are made lazily
+    rows = {k: [] for k in ("reduce_alone", "reduce_overlapped", "compute_alone", "compute_overlapped",
+                            "other_threads_cpu")}
+    for _ in range(repeats):
+        comm.barrier()
+        rows["compute_alone"].append(compute())
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce(grad)
+        rows["reduce_alone"].append(time.perf_counter() - t0)
+        comm.barrier()
+        t0, cpu0, own0 = time.perf_counter(), time.process_time(), time.thread_time()
+        handle = comm.allreduce_async(grad)
+        rows["compute_overlapped"].append(compute())
+        handle.wait()
+        rows["reduce_overlapped"].append(time.perf_counter() - t0)
+        rows["other_threads_cpu"].append((time.process_time() - cpu0) - (time.thread_time() - own0))
+    if comm.rank == 0:
+        out.write_text(json.dumps({k: statistics.median(v) for k, v in rows.items()}))
+    comm.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--emulated", default="1gbit", help="link rate of the emulated cluster")
+    p.add_argument("--cases", default="gloo,mpi:thread,mpi:blocking",
+                   help="comma-separated: gloo, or mpi:PROGRESS (thread, blocking, test, library)")
+    p.add_argument("--mbytes", type=float, default=9.54, help="reduction size in MB (the design.md CNN: 9.54)")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        backend, progress, nbytes, out = args.worker
+        worker(backend, progress, int(nbytes), args.repeats, Path(out))
+        return 0
+
+    from asyncsgd.launch.emulated import run_in_cluster
+    from asyncsgd.launch.environment import find_executable
+    from asyncsgd.launch.netns import LinkSpec, emulated_cluster
+
+    print(f"{args.mbytes} MB allreduce, 2 workers over emulated {args.emulated} links, 1 thread, "
+          f"medians of {args.repeats} (ms)")
+    print("| case | reduce alone | reduce overlapped | compute alone | compute overlapped | other threads' CPU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for case in args.cases.split(","):
+        backend, _, progress = case.partition(":")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            argv = [sys.executable, __file__, "--repeats", str(args.repeats),
+                    "--worker", backend, progress or "-", str(int(args.mbytes * 1e6)), str(out)]
+            with emulated_cluster(2, LinkSpec.parse(args.emulated)) as cluster:
+                run_in_cluster(cluster, backend, argv, {"OMP_NUM_THREADS": "1"}, Path(tmp), grace_s=10.0,
+                               mpiexec=find_executable("mpiexec") or "mpiexec")
+            r = {k: v * 1e3 for k, v in json.loads(out.read_text()).items()}
+        print(f"| {case} | {r['reduce_alone']:.1f} | {r['reduce_overlapped']:.1f} | {r['compute_alone']:.1f} | "
+              f"{r['compute_overlapped']:.1f} | {r['other_threads_cpu']:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
