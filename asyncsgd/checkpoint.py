@@ -41,7 +41,8 @@ _NAME = re.compile(r"^step-(\d+)\.pt$")
 # batches of one size, parameters and optimizer/bucket layouts must fit the model.
 MEANING = ["world_size", "seed", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
            "train.grad_clip_norm", "model.", "strategy.", "dataset."]
-STRUCTURAL = ["world_size", "train.batch_size", "model.", "strategy.name", "strategy.wait_at", "strategy.bucket_mb"]
+STRUCTURAL = ["world_size", "train.batch_size", "model.", "strategy.name", "strategy.wait_at", "strategy.bucket_mb",
+              "strategy.split_mb"]
 # dataset keys that say where/how fast data is read, not which data
 _NOT_MEANING = {"dataset.root", "dataset.workers", "dataset.download", "dataset.target_acc", "dataset.test_subset"}
 

@@ -257,14 +257,16 @@ class MPIBackendConfig(BackendConfig):
     mpiexec: str = "mpiexec"  # launcher used by launcher=local
     mpiexec_args: List[str] = field(default_factory=list)  # extra flags, e.g. ["-bind-to", "core"]
 
-    def resolve_progress(self, strategy: str) -> str:
-        """The mode ``progress=auto`` stands for with ``strategy``: ``thread`` for layerwise, whose
-        many chunk reductions the thread schedules (channel 0 first, two in flight per channel);
-        ``blocking`` for the others, which reduce one fused gradient per step, where a blocking call
-        cost the training thread's compute half what the polled one did (docs/strategies.md)."""
+    def resolve_progress(self, strategy: Optional["StrategyConfig"]) -> str:
+        """The mode ``progress=auto`` stands for with ``strategy``: ``blocking`` where a step reduces one
+        fused gradient (sync, delayed, nocomm), which a blocking call drove at half the cost to the
+        training thread's compute that the polled one had (docs/strategies.md); ``thread`` where there
+        are many reductions to schedule (layerwise's chunks on two channels, sync with fuse=false),
+        which it keeps two in flight per channel, channel 0 first."""
         if self.progress != "auto":
             return self.progress
-        return "thread" if strategy == "layerwise" else "blocking"
+        many = strategy is not None and (strategy.name == "layerwise" or not getattr(strategy, "fuse", True))
+        return "thread" if many else "blocking"
 
     def __post_init__(self) -> None:
         super().__post_init__()

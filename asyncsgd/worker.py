@@ -55,7 +55,7 @@ def run_worker(cfg: Config, run_dir: Optional[Path]) -> dict:
     from .comm import make_communicator
 
     try:
-        comm = make_communicator(cfg.backend, cfg.strategy.name)
+        comm = make_communicator(cfg.backend, cfg.strategy)
     except Exception as exc:
         _not_connected(cfg, run_dir, place, rendezvous, exc)
     _setup_logging(comm.rank)

@@ -4,13 +4,13 @@ from __future__ import annotations
 from .base import CommTimeout, Communicator, DoneHandle, Handle
 
 
-def make_communicator(backend_cfg, strategy: str = "") -> Communicator:
-    """Create the communicator for ``backend_cfg`` in an already launched worker (``strategy``:
-    the strategy's name, which ``backend.progress=auto`` depends on)."""
+def make_communicator(backend_cfg, strategy_cfg=None) -> Communicator:
+    """Create the communicator for ``backend_cfg`` in an already launched worker (``strategy_cfg``:
+    the run's strategy, which ``backend.progress=auto`` depends on)."""
     if backend_cfg.name == "mpi":
         from .mpi import MPICommunicator
 
-        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.resolve_progress(strategy),
+        return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.resolve_progress(strategy_cfg),
                                max_inflight=backend_cfg.max_inflight)
     from .torchdist import TorchDistCommunicator
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 
 from .. import report as house
+from ..config import MPIBackendConfig
 from .profile import Profile, ProfileError
 from .schedules import IDEAL, ScheduleError, StrategySpec, predict, ruleset_for, worker_cpu
 
@@ -119,7 +121,10 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
         spec = StrategySpec.from_config(config["strategy"])
         rules = ruleset_for(config)
         net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
-        if backend == "mpi" and flat.get("backend.progress", "thread") == "thread" and flat.get("backend.max_inflight"):
+        # the mode the run's worker used (backend.progress=auto depends on the strategy)
+        progress = MPIBackendConfig(progress=flat.get("backend.progress", "thread")).resolve_progress(
+            SimpleNamespace(name=spec.name, fuse=flat.get("strategy.fuse", True)))
+        if backend == "mpi" and progress == "thread" and flat.get("backend.max_inflight"):
             # the run's own setting: how many reductions its communication thread kept in flight per channel
             net = replace(net, channels=int(flat["backend.max_inflight"]), channel_priority=True)
         steps = int(flat.get("train.max_steps") or meta.get("steps") or 20)

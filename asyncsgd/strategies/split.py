@@ -8,8 +8,10 @@ nothing to carry since the layers after it), and its next forward starts only
 once all of it has arrived and been updated (the link then idles through the
 rest of the forward and the start of backward).
 
-Cut by output rows, ``y = x W^T + b`` is ``cat_k(x W_k^T + b_k)``, exactly the
-same numbers per element. With each block its own parameter (and module):
+Cut by output rows, ``y = x W^T + b`` is ``cat_k(x W_k^T + b_k)``: the same
+arithmetic per output element (the gradient flowing back to the layer's input
+is a sum over blocks, equal to the whole product's up to float rounding,
+about 1e-6 relative). With each block its own parameter (and module):
 
 - backward finishes the blocks one by one, so the first block's reduction
   starts after one block's product, not after the whole layer's;
@@ -23,7 +25,7 @@ one ``nn.Linear``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -53,6 +55,8 @@ class RowBlockLinear(nn.Module):
                 if has_bias:
                     block.bias.copy_(linear.bias[r0:r1])
             block.weight.requires_grad_(linear.weight.requires_grad)
+            if has_bias:
+                block.bias.requires_grad_(linear.bias.requires_grad)
             blocks.append(block)
         self.blocks = nn.ModuleList(blocks)
 
@@ -60,6 +64,10 @@ class RowBlockLinear(nn.Module):
         return torch.cat([block(x) for block in self.blocks], dim=-1)
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        # The whole weight and bias are new tensors (copies of the blocks), so keep_vars=True cannot
+        # hand out the parameters themselves; nothing in asyncsgd asks for them.
+        if keep_vars:
+            raise NotImplementedError("RowBlockLinear.state_dict(keep_vars=True): its weight is several parameters")
         if destination is None:
             destination = OrderedDict()
         for name in ("weight", "bias"):
@@ -71,6 +79,9 @@ class RowBlockLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix)
+                                   and k[len(prefix):] not in ("weight", "bias"))
         for name in ("weight", "bias"):
             if getattr(self.blocks[0], name) is None:
                 continue
@@ -79,9 +90,10 @@ class RowBlockLinear(nn.Module):
                 missing_keys.append(key)
                 continue
             full, r0 = state_dict[key], 0
-            if full.shape[0] != self.out_features:
+            shape = (self.out_features, self.in_features) if name == "weight" else (self.out_features,)
+            if tuple(full.shape) != shape:
                 error_msgs.append(f"size mismatch for {key}: {tuple(full.shape)} in the checkpoint, "
-                                  f"{self.out_features} rows in the model")
+                                  f"{shape} in the model")
                 continue
             with torch.no_grad():
                 for block in self.blocks:
@@ -98,9 +110,18 @@ def split_linear_layers(model: nn.Module, max_bytes: int) -> List[str]:
     :class:`RowBlockLinear` of as few equal blocks as keep each within ``max_bytes`` (at least
     one row each); returns the names replaced."""
     replaced = []
+    # a layer whose parameters another module also holds (tied weights) keeps its tie: not split
+    holders: Dict[nn.Parameter, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[p] = holders.get(p, 0) + 1
+    parents: Dict[nn.Module, int] = {}
+    for module in model.modules():
+        for child in module.children():
+            parents[child] = parents.get(child, 0) + 1
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is not nn.Linear:
+            if type(child) is not nn.Linear or parents[child] > 1 or any(holders[p] > 1 for p in child.parameters()):
                 continue
             row_bytes = child.in_features * child.weight.element_size()
             if child.out_features * row_bytes <= max_bytes:

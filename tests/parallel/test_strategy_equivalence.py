@@ -9,7 +9,7 @@ import pytest
 
 from asyncsgd.config import MPI_PROGRESS
 
-from ..conftest import BACKENDS, needs_mpi
+from ..conftest import BACKENDS, needs_mpi, read_summary
 from .helpers import max_relative_error, reference_sgd, train_and_load
 
 pytestmark = pytest.mark.slow
@@ -107,3 +107,5 @@ def test_every_mpi_progress_mode_gives_the_same_exact_results(workdir, progress)
     else:
         final = train_and_load(workdir, "d1", [*mode, "strategy=delayed", "strategy.k=1"])
         assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60, k=1)) < TOL
+    assert read_summary(workdir / ("lw" if OTHER_PAIRING[progress] == "layerwise" else "d1"))["comm"]["progress"] \
+        == progress  # the mode that ran

@@ -122,10 +122,11 @@ def test_library_progress_needs_thread_multiple(monkeypatch):
 
 
 def test_mpi_progress_auto_is_thread_for_layerwise_and_blocking_for_the_rest():
-    from asyncsgd.config import MPIBackendConfig
+    from asyncsgd.config import DelayedConfig, LayerwiseConfig, MPIBackendConfig, SyncConfig
 
     auto = MPIBackendConfig()
     assert auto.progress == "auto"
-    assert [auto.resolve_progress(s) for s in ("layerwise", "sync", "delayed", "nocomm")] == [
-        "thread", "blocking", "blocking", "blocking"]
-    assert MPIBackendConfig(progress="test").resolve_progress("layerwise") == "test"  # a choice stays
+    strategies = [LayerwiseConfig(), SyncConfig(), SyncConfig(fuse=False), DelayedConfig()]
+    # blocking where a step reduces one fused gradient; the thread where there are many to schedule
+    assert [auto.resolve_progress(s) for s in strategies] == ["thread", "blocking", "thread", "blocking"]
+    assert MPIBackendConfig(progress="test").resolve_progress(LayerwiseConfig()) == "test"  # a choice stays

@@ -54,3 +54,23 @@ def test_layerwise_with_split_layers_is_exact(comm, priority):
     model, strategy = run(cfg, comm, Wide)
     assert isinstance(model.inp, RowBlockLinear) and strategy.describe()["buckets"] == 4 + 3  # one per block (weight and bias)
     assert_same(model, plain(Wide))
+
+
+def test_loading_refuses_a_wrong_shape_and_reports_unexpected_keys():
+    blocks = RowBlockLinear(nn.Linear(7, 10), rows=4)
+    state = {"weight": torch.zeros(10, 1), "bias": torch.zeros(10)}  # copy_ would broadcast it silently
+    with pytest.raises(RuntimeError, match=r"size mismatch for weight: \(10, 1\) in the checkpoint, \(10, 7\)"):
+        blocks.load_state_dict(state)
+    state = {**nn.Linear(7, 10).state_dict(), "junk": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match="Unexpected key.*junk"):
+        blocks.load_state_dict(state)
+
+
+def test_frozen_and_tied_parameters_keep_what_they_were():
+    frozen = nn.Linear(6, 40)
+    frozen.bias.requires_grad_(False)
+    assert not RowBlockLinear(frozen, rows=10).blocks[0].bias.requires_grad
+    model = Wide()
+    model.tied = nn.Linear(6, 40)
+    model.tied.weight = model.inp.weight  # a tie: splitting one side would cut it
+    assert split_linear_layers(model, 256) == ["out"]
