@@ -48,6 +48,15 @@ class NonFiniteGradient(RuntimeError):
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
+
+def flat_views(flat: torch.Tensor, like: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Consecutive views of ``flat``, one shaped like each of ``like``, from its start."""
+    views, offset = [], 0
+    for t in like:
+        views.append(flat[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return views
+
 class Strategy(ABC):
     name = "base"
 
@@ -206,14 +215,11 @@ class Strategy(ABC):
     def _unflatten_from(buffer: torch.Tensor, tensors: List[torch.Tensor], scale: float = 1.0) -> None:
         """Copy ``buffer`` back into ``tensors``, times ``scale``: a summed reduction becomes the
         average in the copy that is made anyway, instead of in a pass of its own."""
-        offset = 0
-        for t in tensors:
-            part = buffer[offset: offset + t.numel()].view_as(t)
+        for t, part in zip(tensors, flat_views(buffer, tensors)):
             if scale == 1.0:
                 t.copy_(part)
             else:
                 torch.mul(part, scale, out=t)
-            offset += t.numel()
 
     def _flat_gradients(self, extra: int = 0) -> Optional[torch.Tensor]:
         """Make every parameter's ``.grad`` a view of one flat buffer with ``extra`` more elements
@@ -228,11 +234,9 @@ class Strategy(ABC):
         if any(p.dtype != like.dtype or p.device != like.device for p in self.params):
             return None
         flat = torch.zeros(sum(p.numel() for p in self.params) + extra, dtype=like.dtype, device=like.device)
-        offset, views = 0, []
-        for p in self.params:
-            views.append(flat[offset: offset + p.numel()].view_as(p))
-            p.grad = views[-1]
-            offset += p.numel()
+        views = flat_views(flat, self.params)
+        for p, view in zip(self.params, views):
+            p.grad = view
         self.flat_grad, self._grad_views = flat, views
         return flat
 

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..stopping import StopFlagSlot
-from .base import NonFiniteGradient, Strategy
+from .base import NonFiniteGradient, Strategy, flat_views
 from .recording import Observation, Recorder
 from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
 from .split import split_linear_layers
@@ -165,11 +165,7 @@ class LayerwiseStrategy(Strategy):
                 bucket.flat = torch.empty(n, dtype=params[0].dtype, device=params[0].device)
                 bucket.layout.append(None)
                 small = [p for p, is_small in zip(params, bucket.small) if is_small]
-                views, offset = [], 0
-                for p in small:
-                    views.append(bucket.flat[offset: offset + p.numel()].view_as(p))
-                    offset += p.numel()
-                bucket.flat_piece = _Piece([p.detach() for p in small], views, small)
+                bucket.flat_piece = _Piece([p.detach() for p in small], flat_views(bucket.flat, small), small)
             per = max(1, chunk_bytes // params[0].element_size()) if chunk_bytes else 0
             for k, p in enumerate(params):
                 if not bucket.small[k]:
