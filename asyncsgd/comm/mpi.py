@@ -17,10 +17,10 @@ ways are offered (``backend.progress``):
   ``comm_threads``). mpi4py releases the GIL inside the call, so no Python
   runs while a reduction is in flight; channel 0's thread goes first (the
   others start nothing new while it has work). Measured on the emulated
-  1 Gbit/s links (docs/overlap-notes.md): MPICH 5's ch4/ofi blocking wait
-  took 8 ms of CPU for an 84 ms reduction of 9.5 MB, where the polled
-  ``thread`` mode's Python loop took 18-20 ms and slowed the training
-  thread's compute twice as much.
+  1 Gbit/s links (scripts/bench_reduction_cpu.py, docs/performance.md): a
+  9.5 MB reduction overlapped with compute took 15.7 ms of CPU outside the
+  training thread and slowed its compute by 37 ms, against 27.4 and 51 ms
+  for the polled ``thread`` mode.
 - ``test``: ``MPI_Iallreduce`` from the training thread; strategies call
   :meth:`progress` from their hooks, which polls ``MPI_Test`` on every pending
   request.
@@ -159,12 +159,8 @@ class MPICommunicator(Communicator):
         self._queue: "queue.Queue[Optional[_ThreadHandle]]" = queue.Queue()
         self._threads: List[threading.Thread] = []
         self._threaded = progress in ("thread", "blocking")
-        # progress=blocking: one queue per channel, and whether channel 0 has work (the others wait)
+        # progress=blocking: one queue per channel; channel 0's unfinished tasks are its work
         self._channel_queues: List["queue.Queue[Optional[_ThreadHandle]]"] = []
-        self._lane0_lock = threading.Lock()
-        self._lane0_pending = 0
-        self._lane0_idle = threading.Event()
-        self._lane0_idle.set()
         if progress == "thread":
             self._threads.append(threading.Thread(target=self._serve, name="asyncsgd-mpi-comm", daemon=True))
             self._threads[0].start()
@@ -246,10 +242,11 @@ class MPICommunicator(Communicator):
         while True:
             item = jobs.get()
             if item is None:  # close()
+                jobs.task_done()
                 return
             if channel > 0:
                 # channel 0 first: nothing new starts here while it has work (as in progress=thread)
-                self._lane0_idle.wait()
+                self._channel_queues[0].join()
             if item.fn is not None:
                 item.run()
             else:
@@ -258,11 +255,7 @@ class MPICommunicator(Communicator):
                 except BaseException as exc:  # surfaced to the training thread in wait()
                     item.error = exc
                 item.done()
-            if channel == 0:
-                with self._lane0_lock:
-                    self._lane0_pending -= 1
-                    if self._lane0_pending == 0:
-                        self._lane0_idle.set()
+            jobs.task_done()
 
     def _start(self, handle: _ThreadHandle, active: List[List[_ThreadHandle]]) -> None:
         try:
@@ -283,14 +276,7 @@ class MPICommunicator(Communicator):
     def _submit(self, channel: int, fn: Optional[Callable[[], Any]] = None, tensor: Optional[torch.Tensor] = None,
                 average: bool = False) -> _ThreadHandle:
         handle = _ThreadHandle(self, channel, fn=fn, tensor=tensor, average=average)
-        if self.progress_mode != "blocking":
-            self._queue.put(handle)
-            return handle
-        if channel == 0:
-            with self._lane0_lock:
-                self._lane0_pending += 1
-                self._lane0_idle.clear()
-        self._channel_queues[channel].put(handle)
+        (self._channel_queues[channel] if self.progress_mode == "blocking" else self._queue).put(handle)
         return handle
 
     # -- collectives ------------------------------------------------------------
