@@ -50,6 +50,9 @@ CASES = {
     # and large fully connected layers as row blocks of one chunk each (asyncsgd.strategies.split)
     "layerwise(priority+split)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true",
                                   "strategy.split_mb=1"],
+    # the bucket layout timed at the start of the run (strategy.bucket_mb=auto, asyncsgd.strategies.tuning)
+    "layerwise(priority+auto)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true",
+                                 "strategy.bucket_mb=auto"],
     "delayed(k=1)": ["strategy=delayed", "strategy.k=1"],
     "delayed(k=2)": ["strategy=delayed", "strategy.k=2"],
     "ddp": ["strategy=ddp"],
@@ -136,7 +139,8 @@ def expand_cases(names: List[str], ddp_sizes: List[float], layerwise_sizes: List
         if name == "ddp":
             sweep = [(f"ddp({mb:g}MB)", mb) for mb in ddp_sizes]
         else:
-            sweep = [(f"{name[:-1]},{mb:g}MB)", mb) for mb in layerwise_sizes] if name.startswith("layerwise") else []
+            sweep = [(f"{name[:-1]},{mb:g}MB)", mb) for mb in layerwise_sizes] \
+                if name.startswith("layerwise") and "auto" not in name else []
         for case, mb in sweep:
             cases[case] = CASES[name] + [f"strategy.bucket_mb={mb:g}"]
     return cases
@@ -206,7 +210,8 @@ def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
         raise RuntimeError(f"benchmark run failed ({' '.join(overrides)}):\n{tail}")
     summary = read_json(run_dir / "summary.json")
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    iters = metrics[metrics["kind"] == "iter"].iloc[5:]
+    # the run's own warm-up: 5 steps, or more where the strategy settled later (bucket_mb=auto's trials)
+    iters = metrics[metrics["kind"] == "iter"].iloc[int(summary.get("warmup_steps") or 5):]
     # The mean, not the median: delayed-k's and layerwise's iterations alternate between short
     # ones and ones that wait, and the time per iteration that a run takes is their mean.
     return {

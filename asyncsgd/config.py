@@ -311,7 +311,9 @@ class LayerwiseConfig(StrategyConfig):
     # forward: wait for a layer's reduction and update it just before its forward in the
     # next iteration (the paper's method); step: wait for all right after backward.
     wait_at: str = "forward"
-    bucket_mb: float = 0.0  # MiB; fuse layers adjacent in backward up to this size (0 = one reduction per layer)
+    # MiB; fuse layers adjacent in backward up to this size (0 = one reduction per layer), or
+    # auto: try a few layouts for some steps each at the start, keep the fastest (asyncsgd.strategies.tuning)
+    bucket_mb: Any = 0.0
     # Priority (asyncsgd.strategies.schedule): the layers the next forward needs first, up to
     # urgent_share of the gradient bytes, travel on a channel of their own ahead of the rest;
     # reductions are cut into chunks of chunk_mb, and a layer is updated chunk by chunk as its
@@ -326,7 +328,9 @@ class LayerwiseConfig(StrategyConfig):
     def __post_init__(self) -> None:
         _one_of("strategy.wait_at", self.wait_at, WAIT_AT)
         _require(self.split_mb >= 0, f"strategy.split_mb={self.split_mb} must be >= 0 (MiB; 0 = off)")
-        _require(self.bucket_mb >= 0, f"strategy.bucket_mb={self.bucket_mb} must be >= 0")
+        _require(self.bucket_mb == "auto" or (isinstance(self.bucket_mb, (int, float))
+                                               and not isinstance(self.bucket_mb, bool) and self.bucket_mb >= 0),
+                 f"strategy.bucket_mb={self.bucket_mb!r} must be a size in MiB >= 0 or auto")
         _require(self.chunk_mb > 0, f"strategy.chunk_mb={self.chunk_mb} must be > 0 (MiB per chunk)")
         _require(0 <= self.urgent_share < 1, f"strategy.urgent_share={self.urgent_share} must be in [0, 1)")
 

@@ -429,7 +429,8 @@ class Tracker:
 
     def summary(self, model, strategy) -> dict:
         cfg = self.cfg
-        median = self.metrics.median_iter_s(cfg.train.warmup_steps)
+        warmup = max(cfg.train.warmup_steps, strategy.settled_step)
+        median = self.metrics.median_iter_s(warmup)
         global_batch = cfg.train.batch_size * self.comm.size
         target = cfg.dataset.target_acc
         # training time: evaluations are left out, so evaluating more often does not slow a run down on paper
@@ -444,6 +445,7 @@ class Tracker:
             "steps": len(self.metrics.iter_times),
             "epochs_completed": sum(1 for r in self.metrics.epoch_rows() if "train_loss" in r),
             "median_iter_s": median,
+            "warmup_steps": warmup,  # left out of it: train.warmup_steps, or until the strategy settled
             "throughput_samples_s": global_batch / median if median else None,
             "final_test_acc": last.get("test_acc"),
             "final_test_loss": last.get("test_loss"),

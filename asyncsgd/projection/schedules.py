@@ -38,6 +38,7 @@ wrong rules.
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -434,7 +435,7 @@ def layerwise_plan(layers: List[Layer], spec: StrategySpec) -> Tuple[List[Bucket
 
     groups = layer_buckets(layers, spec.bucket_mb)
     use_order = sorted(range(len(groups)), key=lambda b: (min(groups[b]), b))
-    chunk_bytes = int(spec.chunk_mb * 2 ** 20) if spec.priority else 0
+    chunk_bytes = int(spec.chunk_mb * 2 ** 20) if spec.priority and not math.isinf(spec.chunk_mb) else 0
     per = max(1, chunk_bytes // DTYPE_BYTES) if chunk_bytes else 0
     buckets = []
     for b, members in enumerate(groups):

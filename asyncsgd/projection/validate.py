@@ -98,9 +98,22 @@ class Validation:
 SETTING = ["backend", "model", "batch_size", "link", "world_size"]
 
 
+def chosen_layout(strategy: dict, summary: Optional[dict]) -> dict:
+    """The strategy config with layerwise's ``bucket_mb=auto`` replaced by the layout the run kept
+    (summary.json ``layout.auto.chosen``; null there means one bucket / chunks not cut)."""
+    if strategy.get("bucket_mb") != "auto":
+        return strategy
+    chosen = ((summary or {}).get("layout") or {}).get("auto", {}).get("chosen")
+    if not chosen:
+        raise ScheduleError("a strategy.bucket_mb=auto run is predicted with the layout it kept, and its "
+                            "summary.json does not say which (a runs.csv row does not carry it: validate run dirs)")
+    return {**strategy, **{k: math.inf if v is None else float(v) for k, v in chosen.items()}}
+
+
 def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks: Dict[str, object],
-                with_ideal: bool = True) -> dict:
-    """One row: the run's measured numbers (``meta``: a runs.csv row) beside its prediction."""
+                with_ideal: bool = True, summary: Optional[dict] = None) -> dict:
+    """One row: the run's measured numbers (``meta``: a runs.csv row; ``summary``: its summary.json,
+    where there is one) beside its prediction."""
     flat = _flat(config)
     backend = meta["backend"]
     rate = link_rate_bps(config)
@@ -118,7 +131,7 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
         row["problem"] = f"no calibrated network for backend={backend}"
         return row
     try:
-        spec = StrategySpec.from_config(config["strategy"])
+        spec = StrategySpec.from_config(chosen_layout(config["strategy"], summary))
         rules = ruleset_for(config)
         net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
         # the mode the run's worker used (backend.progress=auto depends on the strategy)
@@ -164,7 +177,7 @@ def validate(dirs: Sequence[Path], profiles: Sequence[Profile], networks: Dict[s
         raise ValidationError(str(exc)) from None
     # run paths relative to the (first) directory given, so a committed report names no machine's paths
     frame = house.runs_frame(runs, relative_to=Path(dirs[0]).resolve())
-    rows = [predict_run(run.config, meta.to_dict(), profiles, networks, with_ideal)
+    rows = [predict_run(run.config, meta.to_dict(), profiles, networks, with_ideal, run.summary)
             for run, (_, meta) in zip(runs, frame.iterrows()) if meta["status"] == "complete"]
     return _finish(rows, ", ".join(map(str, dirs)))
 

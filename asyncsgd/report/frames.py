@@ -103,6 +103,10 @@ def _setting_extras(configs: Sequence[dict]) -> List[str]:
 
 
 def _warmup(run: Run) -> int:
+    """Steps left out of per-iteration figures: the run's own count (summary.json: train.warmup_steps,
+    or more while the strategy was still settling), else the configured one."""
+    if isinstance(run.summary, dict) and run.summary.get("warmup_steps") is not None:
+        return int(run.summary["warmup_steps"])
     train = run.config.get("train", {}) if isinstance(run.config.get("train"), dict) else {}
     return int(train.get("warmup_steps", 0) or 0)
 

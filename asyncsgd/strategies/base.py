@@ -78,6 +78,12 @@ class Strategy(ABC):
         self.flat_grad: Optional[torch.Tensor] = None
         self._grad_views: List[torch.Tensor] = []
 
+    @property
+    def settled_step(self) -> int:
+        """The first step of the strategy's final schedule: steps before it (layerwise's first step,
+        its EDF calibration, bucket_mb=auto's trials) are left out of the median iteration time."""
+        return 0
+
     def attach(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         """Take charge of ``model``'s gradients; returns the module to run forward on."""
         self.model = model

@@ -39,6 +39,7 @@ gradients'.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
@@ -51,11 +52,12 @@ from .base import NonFiniteGradient, Strategy, flat_views
 from .recording import Observation, Recorder
 from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
 from .split import split_linear_layers
+from .tuning import Layout, LayoutTuner, candidates
 
 log = logging.getLogger("asyncsgd")
 
 FLAGS = 2  # carried by the first bucket of a step: [stop requests, ranks with a non-finite gradient]
-CALIBRATION_STEPS = 4  # steps 1..4 measure how far the link gets in backward; EDF chunk order from step 5
+CALIBRATION_STEPS = 4  # 4 steps after the layout is built measure how far the link gets in backward; then EDF
 
 
 @dataclass
@@ -100,6 +102,7 @@ class LayerwiseStrategy(Strategy):
         self.optimizer = make_optimizer(self.params)  # hyperparameters and momentum buffers
         self._owners = self._owning_modules(model)
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i)) for i, p in enumerate(self.params)]
+        self._wait_hooks: List = []  # the forward pre-hooks of the current layout
         self.recorder: Optional[Recorder] = Recorder(model, self.params)
         self.buckets: List[_Bucket] = []
         self.scheduler: Optional[ReductionScheduler] = None
@@ -113,6 +116,13 @@ class LayerwiseStrategy(Strategy):
         self.use_order: List[_Bucket] = []
         self._grad_scale = torch.tensor(float(self.comm.size))
         self._step = 0
+        self._obs: Optional[Observation] = None
+        self._built_at = 0  # the step whose synchronize built the current layout
+        # bucket_mb=auto: candidate layouts are timed at the start (asyncsgd.strategies.tuning)
+        self.tuner: Optional[LayoutTuner] = None
+        if self.cfg.bucket_mb == "auto":
+            self.tuner = LayoutTuner(candidates(self.cfg.chunk_mb), self._choose_layout)
+        self.layout = self.tuner.current if self.tuner else Layout(float(self.cfg.bucket_mb), self.cfg.chunk_mb)
         if self.cfg.priority:
             self.comm.open_channels(2)  # collective: every rank attaches at the same point
         self._check_equivalence(model)
@@ -131,9 +141,19 @@ class LayerwiseStrategy(Strategy):
         """Buckets, lanes and waits from rank 0's observation of the first step."""
         self.recorder.close()
         self.recorder = None
+        self._obs = obs
+        self._lay_out(self.layout)
+
+    def _lay_out(self, layout: Layout) -> None:
+        """Buckets, lanes and waits of ``layout``; nothing may be in flight (a step boundary, every rank alike)."""
+        obs = self._obs
+        for h in self._wait_hooks:
+            h.remove()
+        self._wait_hooks = []
+        self.layout, self.buckets, self._built_at = layout, [], self._step
         ready = list(obs.ready) + [i for i in range(len(self.params)) if i not in set(obs.ready)]
         modules = dict(self.model.named_modules())
-        limit = self.cfg.bucket_mb * 2**20
+        limit = layout.bucket_mb * 2**20
         groups: List[List[int]] = []
         size = 0.0
         for i in ready:
@@ -149,7 +169,7 @@ class LayerwiseStrategy(Strategy):
         never = len(self.params)  # position of a parameter the forward never used
         use = [min(obs.first_use.get(i, never) for i in g) for g in groups]
         use_order = sorted(range(len(groups)), key=lambda b: (use[b], b))
-        chunk_bytes = int(self.cfg.chunk_mb * 2**20) if self.cfg.priority else 0
+        chunk_bytes = int(layout.chunk_mb * 2**20) if self.cfg.priority and not math.isinf(layout.chunk_mb) else 0
         for b, group in enumerate(groups):
             params = [self.params[i] for i in group]
             first = min(group, key=lambda i: obs.first_use.get(i, never))
@@ -179,16 +199,47 @@ class LayerwiseStrategy(Strategy):
             self._start, self._wait, [chunk_items(lane, {b: len(self.buckets[b].layout) for b in lane})
                                       for lane in self.lanes])
         # lanes after the first are refined to earliest-deadline-first chunk order after a few steps
-        self._carried: Dict[int, List[float]] = {b: [] for lane in self.lanes[1:] for b in lane[1:]}
+        # (of the layout that is kept: not while candidates are being timed)
+        tuning = self.tuner is not None and not self.tuner.done
+        self._carried: Dict[int, List[float]] = {} if tuning else {
+            b: [] for lane in self.lanes[1:] for b in lane[1:]}
         if self.cfg.wait_at == "forward":
             waiting: Dict[nn.Module, List[_Bucket]] = {}
             for bucket in self.use_order:
                 waiting.setdefault(bucket.module, []).append(bucket)
             for module, buckets in waiting.items():
-                self._hooks.append(module.register_forward_pre_hook(self._make_pre_hook(buckets)))
+                self._wait_hooks.append(module.register_forward_pre_hook(self._make_pre_hook(buckets)))
         if self.comm.rank == 0:
-            log.info("layerwise: %d buckets on %d lane(s): %s", len(self.buckets), len(self.lanes),
+            log.info("layerwise: %s%s: %d buckets on %d lane(s): %s", layout, " (timing it)" if tuning else "",
+                     len(self.buckets), len(self.lanes),
                      " | ".join(", ".join(self.buckets[b].label for b in lane) for lane in self.lanes))
+
+    def _choose_layout(self, medians: List[float]) -> int:
+        """bucket_mb=auto: the fastest candidate by rank 0's medians, the same on every rank."""
+        best = min(range(len(medians)), key=medians.__getitem__) if self.comm.rank == 0 else None
+        return self.comm.broadcast_object(best, root=0)
+
+    def _tune(self) -> None:
+        """bucket_mb=auto, at the end of a step's synchronize: time the layout; switch when its turn is over."""
+        switch = self.tuner.tick()
+        if switch is not None:
+            self._apply_all()  # nothing may be in flight when the buckets change
+            self._lay_out(switch)
+            self.tuner.started()
+        elif self.tuner.done:  # the last candidate timed is the one kept: its EDF calibration starts now
+            self._built_at = self._step
+            self._carried = {b: [] for lane in self.lanes[1:] for b in lane[1:]}
+        if self.tuner.done and self.comm.rank == 0:
+            log.info("layerwise: bucket_mb=auto keeps %s (median ms per step: %s)", self.layout,
+                     ", ".join(f"{layout} {1e3 * m:.1f}" for layout, m in zip(self.tuner.layouts,
+                                                                                self.tuner.medians())))
+
+    @property
+    def settled_step(self) -> int:
+        """The first step of the final schedule: the layout is kept and the EDF order (priority) is in place."""
+        if self.tuner is not None and not self.tuner.done:
+            return self._step + 1
+        return self._built_at + 1 + (CALIBRATION_STEPS if self.cfg.priority else 0)
 
     def _chunk_sizes(self, bucket: _Bucket) -> List[int]:
         size = bucket.params[0].element_size()
@@ -203,7 +254,7 @@ class LayerwiseStrategy(Strategy):
         if not carried:
             return
         deadline = {bucket.index: position for position, bucket in enumerate(self.use_order)}
-        ahead = getattr(self.comm, "max_inflight", 2) * self.cfg.chunk_mb * 2**20  # what the backend holds
+        ahead = getattr(self.comm, "max_inflight", 2) * self.layout.chunk_mb * 2**20  # what the backend holds
         lanes = [self.scheduler.lanes[0]] + [
             edf_order(lane, {b: self._chunk_sizes(self.buckets[b]) for b in lane}, deadline, carried, ahead)
             for lane in self.lanes[1:]]
@@ -273,7 +324,7 @@ class LayerwiseStrategy(Strategy):
                 p, g = bucket.params[k], grads[k].view(-1)
                 job.chunks.append(Chunk(g[a:b], name))
                 bucket.pieces.append(_Piece([p.detach().view(-1)[a:b]], [g[a:b]], [p]))
-        if in_backward and 1 <= self._step <= CALIBRATION_STEPS and self.comm.rank == 0 and \
+        if in_backward and 1 <= self._step - self._built_at <= CALIBRATION_STEPS and self.comm.rank == 0 and \
                 bucket.index in self._carried:
             self._carried[bucket.index].append(self.scheduler.carried(self.scheduler.lane_of[bucket.index]))
         bucket.job = job
@@ -389,13 +440,15 @@ class LayerwiseStrategy(Strategy):
                 self._launch(bucket, in_backward=False)
         self._bad_local = 0
         self._flags_sent = False
-        if self._carried and self._step == CALIBRATION_STEPS:
+        if self._carried and self._step - self._built_at == CALIBRATION_STEPS:
             self._calibrate()
         if self.cfg.wait_at == "step" or self._step == 0:
             if self.clip_norm is not None:
                 self._clip()
             self._apply_all()
             self._grad_scale.fill_(float(self.comm.size))
+        if self.tuner is not None and not self.tuner.done:
+            self._tune()
         self._step += 1
 
     def _clip(self) -> None:
@@ -428,11 +481,15 @@ class LayerwiseStrategy(Strategy):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["layer_step"] = self._step
+        if self.tuner is not None and self.tuner.done:  # a resumed run keeps the layout it chose
+            state["layout"] = self.layout.describe()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._step = int(state["layer_step"])
+        if self.tuner is not None and state.get("layout") is not None:
+            self.tuner.chosen = self.layout = Layout.from_description(state["layout"])
 
     def close(self, abort: bool = False) -> None:
         if abort:  # a peer may be gone: drop what is in flight, wait for nothing
@@ -440,9 +497,9 @@ class LayerwiseStrategy(Strategy):
                 bucket.job, bucket.pieces = None, []
         else:
             self.flush()
-        for h in self._hooks:
+        for h in self._hooks + self._wait_hooks:
             h.remove()
-        self._hooks = []
+        self._hooks, self._wait_hooks = [], []
         if self.recorder is not None:
             self.recorder.close()
 
@@ -471,6 +528,9 @@ class LayerwiseStrategy(Strategy):
     def describe(self) -> dict:
         info = super().describe()
         info["buckets"] = len(self.buckets)
+        info["layout"] = self.layout.describe()
+        if self.tuner is not None:
+            info["layout"]["auto"] = self.tuner.describe()
         if self.scheduler is not None:  # which layers travel on which channel, in launch order
             info["lanes"] = [[f"{self.buckets[b].label}[{c + 1}/{len(self.buckets[b].layout)}]" for b, c in lane]
                              for lane in self.scheduler.lanes]

@@ -51,6 +51,20 @@ def test_layerwise_with_buckets_equals_sequential_sgd(workdir, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_layerwise_bucket_mb_auto_equals_sequential_sgd(workdir, backend):
+    # three layouts timed for 5 steps each, then the fastest kept: every switch lands on a step
+    # boundary of every rank, and the arithmetic is sequential SGD's throughout
+    final = train_and_load(workdir, "lwa", [f"backend={backend}", "model=lenet", "strategy=layerwise",
+                                            *SCHEDULES["priority"], "strategy.bucket_mb=auto", *P2])
+    assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
+    summary = read_summary(workdir / "lwa")
+    auto = summary["layout"]["auto"]
+    assert auto["chosen"] in [{k: t[k] for k in ("bucket_mb", "chunk_mb")} for t in auto["tried"]]
+    assert all(t["median_ms"] > 0 for t in auto["tried"])
+    assert summary["warmup_steps"] > 15  # the trials are left out of the median iteration time
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 2])
 def test_delayed_k_is_explicit_delayed_sgd_and_independent_of_worker_count(workdir, backend, k):
     reference = reference_sgd("mlp", batch=32, steps=60, k=k)

@@ -1,0 +1,131 @@
+"""asyncsgd.strategies.tuning: layerwise's strategy.bucket_mb=auto."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from asyncsgd.config import LayerwiseConfig
+from asyncsgd.strategies import make_strategy
+from asyncsgd.strategies.tuning import MEASURED_STEPS, SETTLE_STEPS, Layout, LayoutTuner, candidates
+from asyncsgd.metrics import PhaseTimer
+
+from torch import nn
+
+from .test_strategies import PRIORITY, assert_same, plain, run, sgd
+
+PER_CANDIDATE = SETTLE_STEPS + MEASURED_STEPS
+
+
+class Net(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+
+
+class Clock:
+    """Step times chosen by the test: ``durations[layout index]`` seconds per step."""
+
+    def __init__(self, tuner_ref, durations):
+        self.now, self.tuner_ref, self.durations = 0.0, tuner_ref, durations
+
+    def __call__(self):
+        tuner = self.tuner_ref()
+        self.now += self.durations[tuner.layouts.index(tuner.current)] if tuner is not None else 0.0
+        return self.now
+
+
+def fake_clock_tuner(durations, choose=None):
+    holder = {}
+    tuner = LayoutTuner(candidates(1.0), choose or (lambda m: min(range(len(m)), key=m.__getitem__)),
+                        clock=Clock(lambda: holder.get("t"), durations))
+    holder["t"] = tuner
+    return tuner
+
+
+def test_each_candidate_is_timed_after_settling_then_the_fastest_is_kept():
+    tuner = fake_clock_tuner([0.03, 0.02, 0.05])
+    switches = []
+    for step in range(1 + 3 * PER_CANDIDATE):
+        switch = tuner.tick()
+        if switch is not None:
+            switches.append((step, switch))
+            tuner.started()
+    first, second, one = candidates(1.0)
+    # the first tick is the reference point; each layout then runs PER_CANDIDATE steps
+    assert switches == [(PER_CANDIDATE, second), (2 * PER_CANDIDATE, one), (3 * PER_CANDIDATE, second)]
+    assert tuner.done and tuner.current == second == Layout(4.0, 1.0)
+    assert [len(t) for t in tuner.times] == [MEASURED_STEPS] * 3
+    assert tuner.medians() == pytest.approx([0.03, 0.02, 0.05])
+    described = tuner.describe()
+    assert described["chosen"] == {"bucket_mb": 4.0, "chunk_mb": 1.0}
+    assert [t["median_ms"] for t in described["tried"]] == pytest.approx([30.0, 20.0, 50.0])
+    assert described["tried"][2]["bucket_mb"] is None and described["tried"][2]["chunk_mb"] is None  # JSON: no inf
+
+
+def test_keeping_the_last_candidate_needs_no_switch():
+    tuner = fake_clock_tuner([0.03, 0.02, 0.01])
+    results = [tuner.tick() for _ in range(1 + PER_CANDIDATE)]
+    assert results[-1] == candidates(1.0)[1]
+    tuner.started()
+    results = [tuner.tick() for _ in range(2 * PER_CANDIDATE)]
+    assert results[PER_CANDIDATE - 1] == candidates(1.0)[2]
+    tuner.started()
+    results = [tuner.tick() for _ in range(PER_CANDIDATE)]
+    assert results == [None] * PER_CANDIDATE and tuner.done and math.isinf(tuner.current.bucket_mb)
+
+
+def test_the_choice_is_what_choose_returns_not_the_local_times():
+    # rank 0's decision, broadcast, wins over this rank's own medians
+    tuner = fake_clock_tuner([0.01, 0.02, 0.03], choose=lambda medians: 2)
+    for _ in range(1 + 3 * PER_CANDIDATE):
+        if tuner.tick() is not None:
+            tuner.started()
+    assert tuner.current == candidates(1.0)[2]
+
+
+def test_layout_round_trips_through_its_json_form():
+    for layout in candidates(0.5):
+        assert Layout.from_description(layout.describe()) == layout
+    assert [str(x) for x in candidates(1.0)] == ["per layer", "4 MiB buckets", "one bucket"]
+
+
+STEPS = 1 + 3 * PER_CANDIDATE + 6  # every candidate, the switch to the kept one, and some steps after
+
+
+@pytest.mark.parametrize("priority", [{}, PRIORITY], ids=["fifo", "priority"])
+@pytest.mark.parametrize("wait_at", ["forward", "step"])
+def test_auto_is_sequential_sgd_through_every_switch(comm, wait_at, priority):
+    model, strategy = run(LayerwiseConfig(wait_at=wait_at, bucket_mb="auto", **priority), comm, Net, steps=STEPS)
+    assert_same(model, plain(Net, steps=STEPS))
+    info = strategy.describe()
+    assert info["layout"]["auto"]["chosen"] is not None
+    assert len(info["layout"]["auto"]["tried"]) == 3
+    assert all(t["median_ms"] > 0 for t in info["layout"]["auto"]["tried"])
+    assert strategy.settled_step > 3 * PER_CANDIDATE  # the trials are not steady state
+    assert strategy.scheduler.idle
+
+
+def test_a_forced_choice_rebuilds_the_buckets_and_a_checkpoint_keeps_it(comm, monkeypatch):
+    # per layer timed slowest, one bucket fastest: the run ends on one bucket
+    cfg = LayerwiseConfig(bucket_mb="auto", **PRIORITY)
+    strategy = make_strategy(cfg, comm, PhaseTimer())
+    net = strategy.attach(Net(), sgd)
+    strategy.tuner._clock = Clock(lambda: strategy.tuner, [0.05, 0.04, 0.01])
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        x, y = torch.randn(8, 6, generator=g), torch.randint(3, (8,), generator=g)
+        strategy.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        strategy.synchronize()
+        strategy.step()
+    assert strategy.layout == Layout(math.inf, math.inf) and len(strategy.buckets) == 1
+    state = strategy.state_dict()
+    assert state["layout"] == {"bucket_mb": None, "chunk_mb": None}
+    strategy.close()
+
+    resumed = make_strategy(cfg, comm, PhaseTimer())
+    resumed.attach(Net(), sgd)
+    resumed.load_state_dict(state)
+    assert resumed.tuner.done and resumed.layout == Layout(math.inf, math.inf)  # no second round of trials
+    resumed.close()
