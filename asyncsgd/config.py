@@ -331,6 +331,8 @@ class LayerwiseConfig(StrategyConfig):
         _require(self.bucket_mb == "auto" or (isinstance(self.bucket_mb, (int, float))
                                                and not isinstance(self.bucket_mb, bool) and self.bucket_mb >= 0),
                  f"strategy.bucket_mb={self.bucket_mb!r} must be a size in MiB >= 0 or auto")
+        if self.bucket_mb != "auto":
+            self.bucket_mb = float(self.bucket_mb)  # 4 and 4.0 are one setting (reports compare the text)
         _require(self.chunk_mb > 0, f"strategy.chunk_mb={self.chunk_mb} must be > 0 (MiB per chunk)")
         _require(0 <= self.urgent_share < 1, f"strategy.urgent_share={self.urgent_share} must be in [0, 1)")
 

@@ -118,6 +118,7 @@ class LayerwiseStrategy(Strategy):
         self._step = 0
         self._obs: Optional[Observation] = None
         self._built_at = 0  # the step whose synchronize built the current layout
+        self._settled_before: Optional[int] = None  # a resumed run: the step it had settled at
         # bucket_mb=auto: candidate layouts are timed at the start (asyncsgd.strategies.tuning)
         self.tuner: Optional[LayoutTuner] = None
         if self.cfg.bucket_mb == "auto":
@@ -236,10 +237,13 @@ class LayerwiseStrategy(Strategy):
 
     @property
     def settled_step(self) -> int:
-        """The first step of the final schedule: the layout is kept and the EDF order (priority) is in place."""
+        """The first step of the final schedule: the layout is kept and the EDF order (priority) is in place.
+        (A resumed run recalibrates EDF for a few steps; its steady steps from before the stop still count.)"""
         if self.tuner is not None and not self.tuner.done:
             return self._step + 1
-        return self._built_at + 1 + (CALIBRATION_STEPS if self.cfg.priority else 0)
+        if self._settled_before is not None:
+            return self._settled_before
+        return self._built_at + 1 + (CALIBRATION_STEPS if len(getattr(self, "lanes", [])) > 1 else 0)
 
     def _chunk_sizes(self, bucket: _Bucket) -> List[int]:
         size = bucket.params[0].element_size()
@@ -474,6 +478,8 @@ class LayerwiseStrategy(Strategy):
 
     def flush(self) -> None:
         self._apply_all()
+        if self.tuner is not None and not self.tuner.done:
+            self.tuner.discard()  # an evaluation or a checkpoint is not the layout's time
 
     def optimizers(self):
         return [self.optimizer]
@@ -482,14 +488,19 @@ class LayerwiseStrategy(Strategy):
         state = super().state_dict()
         state["layer_step"] = self._step
         if self.tuner is not None and self.tuner.done:  # a resumed run keeps the layout it chose
-            state["layout"] = self.layout.describe()
+            state["layout"] = {"chosen": self.tuner.layouts.index(self.tuner.chosen), "times": self.tuner.times}
+        if self.tuner is None or self.tuner.done:
+            state["settled_step"] = self.settled_step
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._step = int(state["layer_step"])
         if self.tuner is not None and state.get("layout") is not None:
-            self.tuner.chosen = self.layout = Layout.from_description(state["layout"])
+            self.tuner.restore(int(state["layout"]["chosen"]), state["layout"]["times"])
+            self.layout = self.tuner.chosen
+        if state.get("settled_step") is not None and (self.tuner is None or self.tuner.done):
+            self._settled_before = int(state["settled_step"])
 
     def close(self, abort: bool = False) -> None:
         if abort:  # a peer may be gone: drop what is in flight, wait for nothing

@@ -77,6 +77,7 @@ class LayoutTuner:
         self._index = 0
         self._last: Optional[float] = None
         self._steps = 0  # steps ended since the current layout started
+        self._discard = False  # the step under way did more than train (an evaluation, a checkpoint)
 
     @property
     def current(self) -> Layout:
@@ -90,15 +91,23 @@ class LayoutTuner:
         """The current layout is in place; the step that follows is its first."""
         self._last, self._steps = self._clock(), 0
 
+    def discard(self) -> None:
+        """Leave the step under way out of the timing (it also evaluated, or wrote a checkpoint)."""
+        self._discard = True
+
+    def restore(self, chosen: int, times: List[List[float]]) -> None:
+        """A resumed run: the layout chosen before, with the times that chose it."""
+        self.chosen, self.times = self.layouts[chosen], [list(t) for t in times]
+
     def tick(self) -> Optional[Layout]:
         now = self._clock()
         if self._last is None:  # the first call: the reference point only
             self._last = now
             return None
         self._steps += 1
-        if self._steps > SETTLE_STEPS:
+        if self._steps > SETTLE_STEPS and not self._discard:
             self.times[self._index].append(now - self._last)
-        self._last = now
+        self._last, self._discard = now, False
         if len(self.times[self._index]) < self._measured:
             return None
         if self._index + 1 < len(self.layouts):

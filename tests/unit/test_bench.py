@@ -112,3 +112,14 @@ def test_layerwise_bound_is_the_schedule_bound_of_issue_12():
     # the bound never drops below T_compute nor below T_comm
     for t_comm in (0.001, 0.02, 0.05, 0.3):
         assert layerwise_bound(profile, 0.025, t_comm) >= max(0.025, t_comm) - 1e-12
+
+
+def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsys):
+    assert "layerwise(priority+auto)" not in parse_args([]).strategies.split(",")
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--strategies", "sync,layerwise(priority+auto)", "--steps", "20"])
+    assert exc.value.code == 2
+    assert "layerwise(priority+auto) needs at least 30" in capsys.readouterr().err
+    args = parse_args(["--strategies", "layerwise(priority+auto)", "--steps", "30", "--layerwise-buckets", "4"])
+    assert list(args.cases) == ["layerwise(priority+auto)"]  # no bucket sweep of an auto layout
+    assert args.cases["layerwise(priority+auto)"][-1] == "strategy.bucket_mb=auto"

@@ -121,11 +121,40 @@ def test_a_forced_choice_rebuilds_the_buckets_and_a_checkpoint_keeps_it(comm, mo
         strategy.step()
     assert strategy.layout == Layout(math.inf, math.inf) and len(strategy.buckets) == 1
     state = strategy.state_dict()
-    assert state["layout"] == {"bucket_mb": None, "chunk_mb": None}
+    assert state["layout"]["chosen"] == 2 and [len(t) for t in state["layout"]["times"]] == [MEASURED_STEPS] * 3
+    # the one-bucket layout was timed last and kept: built at step 15, one lane, so no EDF calibration
+    assert state["settled_step"] == strategy.settled_step == 3 * PER_CANDIDATE + 1
     strategy.close()
 
     resumed = make_strategy(cfg, comm, PhaseTimer())
     resumed.attach(Net(), sgd)
     resumed.load_state_dict(state)
     assert resumed.tuner.done and resumed.layout == Layout(math.inf, math.inf)  # no second round of trials
+    assert resumed.describe()["layout"]["auto"]["tried"][2]["median_ms"] == pytest.approx(10.0)
+    assert resumed.settled_step == state["settled_step"]  # the steady steps before the stop still count
+    resumed.close()
+
+
+def test_a_step_that_also_evaluated_is_not_timed():
+    tuner = fake_clock_tuner([0.01, 0.01, 0.01])
+    tuner.tick()
+    for _ in range(SETTLE_STEPS):
+        tuner.tick()
+    tuner.discard()
+    tuner.tick()
+    assert tuner.times[0] == []  # left out; the layout is timed for MEASURED_STEPS other steps
+    for _ in range(MEASURED_STEPS - 1):
+        assert tuner.tick() is None
+    assert tuner.tick() == candidates(1.0)[1]
+
+
+def test_a_resumed_layerwise_run_keeps_its_first_settled_step(comm):
+    cfg = LayerwiseConfig(**PRIORITY)
+    _, strategy = run(cfg, comm, Net, steps=8)
+    state = strategy.state_dict()
+    assert state["settled_step"] == 5  # EDF order from step 5: the bench's five warm-up steps
+    resumed = make_strategy(cfg, comm, PhaseTimer())
+    resumed.attach(Net(), sgd)
+    resumed.load_state_dict(state)
+    assert resumed.settled_step == 5
     resumed.close()
