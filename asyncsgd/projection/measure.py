@@ -401,7 +401,12 @@ def fill_from(profile: Profile, base: Profile) -> Profile:
     none, and the slowdown table, made relative to the world size the runs had."""
     if [l.name for l in base.layers] != [l.name for l in profile.layers]:
         raise ProfileError(f"--fill-from {base.name}: not the same model's layers as the runs")
-    layers = [l if l.update_s > 0 else Layer(l.name, l.tensors, l.forward_s, l.backward_s, b.update_s, l.type)
+    # Per-layer updates are memory-bound like the one fused update, and this machine's memory speed
+    # drifts with its load (the base measured under load: 3x the runs' update): taken from the base,
+    # they follow the runs' own fused update (base's per-layer / fused ratio kept), when both have one.
+    ran, measured = profile.step.get("update_all_s"), base.step.get("update_all_s")
+    factor = ran / measured if ran and measured else 1.0
+    layers = [l if l.update_s > 0 else Layer(l.name, l.tensors, l.forward_s, l.backward_s, b.update_s * factor, l.type)
               for l, b in zip(profile.layers, base.layers)]
     step = {**{k: v for k, v in base.step.items() if k not in profile.step}, **profile.step}
     worlds = profile.measurements.get("world_sizes") or [profile.measurements.get("world_size")]
@@ -410,6 +415,7 @@ def fill_from(profile: Profile, base: Profile) -> Profile:
     return Profile(layers=layers, name=profile.name, model=profile.model, input_shape=profile.input_shape or
                    base.input_shape, batch_size=profile.batch_size, threads=profile.threads, device=profile.device,
                    source=profile.source + f"; memory costs, zero_grad, bookkeeping and missing updates from {base.name}"
+                   + (f" (updates x{factor:.3g}: the runs' fused update over {base.name}'s)" if factor != 1.0 else "")
                    + (f"; slowdown relative to {at} processes" if slowdown else ""),
                    step=step, memory=dict(base.memory), slowdown=slowdown, cores=base.cores,
                    measurements=profile.measurements)

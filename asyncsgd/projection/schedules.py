@@ -79,12 +79,14 @@ class StrategySpec:
     k: int = 1
     fuse: bool = True
     first_bucket_mb: Optional[float] = None  # ddp: None = bucket_mb (what torch does when bucket_cap_mb is passed)
+    split_mb: float = 0.0  # layerwise: MiB; larger nn.Linear weights become row blocks (0 = off)
 
     @property
     def label(self) -> str:
         """The benchmark's names: sync, layerwise(forward), layerwise(priority), delayed(k=1), ddp."""
         if self.name == "layerwise":
-            return "layerwise(priority)" if self.priority else f"layerwise({self.wait_at})"
+            base = "priority" if self.priority else self.wait_at
+            return f"layerwise({base}+split)" if self.split_mb > 0 else f"layerwise({base})"
         if self.name == "delayed":
             return f"delayed(k={self.k})"
         if self.name == "sync" and not self.fuse:
@@ -133,7 +135,8 @@ class StrategySpec:
             return cls("layerwise", wait_at=strategy.get("wait_at", "forward"),
                        bucket_mb=float(strategy.get("bucket_mb", 0.0)), priority=bool(strategy.get("priority", False)),
                        chunk_mb=float(strategy.get("chunk_mb", 1.0)),
-                       urgent_share=float(strategy.get("urgent_share", 0.1)))
+                       urgent_share=float(strategy.get("urgent_share", 0.1)),
+                       split_mb=float(strategy.get("split_mb", 0.0)))
         if name == "delayed":
             return cls("delayed", k=int(strategy.get("k", 1)))
         if name == "sync":
@@ -148,17 +151,43 @@ class StrategySpec:
         raise ScheduleError(f"strategy {name!r} has no schedule in the model")
 
 
+# Delayed's compensation rules that change no work of a step: ``momentum`` lowers the optimizer's
+# momentum (still > 0 at the usual settings: the same fused update), ``lr`` sets the learning rate per
+# step. ``dc`` and ``predict`` add passes over flat copies of the weights (asyncsgd/strategies/
+# compensation.py) whose cost no profile measures.
+FREE_COMPENSATIONS = ("momentum", "lr")
+
+
 def ruleset_for(config: dict) -> str:
     """The rule set that describes a run made with ``config`` (today's code: one)."""
+    from ..config import compensation_rules
+
     strategy = config.get("strategy", {}) if isinstance(config.get("strategy"), dict) else {}
     if "credit" in strategy:
         raise ScheduleError("this run was made with the credit scheduler that issue 12 replaced (strategy.credit); "
                             f"the model's rules follow today's code ({RULESET[AS_IMPLEMENTED]})")
-    known = {"name", "wait_at", "bucket_mb", "priority", "chunk_mb", "urgent_share", "k", "drain", "fuse"}
+    known = {"name", "wait_at", "bucket_mb", "priority", "chunk_mb", "urgent_share", "k", "drain", "fuse", "split_mb",
+             "compensation", "dc_lambda", "dc_adaptive", "dc_beta"}
     new = sorted(set(strategy) - known)
     if new:
         raise ScheduleError(f"strategy keys {', '.join(new)} come from scheduler code this model has no rules for "
                             f"yet ({RULESET[AS_IMPLEMENTED]}); add a rule set in asyncsgd/projection/schedules.py")
+    try:
+        rules = compensation_rules(str(strategy.get("compensation", "none")))
+    except ValueError as exc:  # ConfigError
+        raise ScheduleError(str(exc)) from None
+    costly = [r for r in rules if r not in FREE_COMPENSATIONS]
+    if costly:
+        raise ScheduleError(f"strategy.compensation={strategy['compensation']}: {', '.join(costly)} adds passes over "
+                            "copies of the weights each step that no profile measures; the model predicts delayed "
+                            f"with compensation none, {' or '.join(FREE_COMPENSATIONS)} (no extra work)")
+    if "momentum" in rules:
+        from ..strategies.compensation import explicit_momentum
+
+        train = config.get("train", {}) if isinstance(config.get("train"), dict) else {}
+        if explicit_momentum(float(train.get("momentum", 0.9)), int(strategy.get("k", 1))) <= 0:
+            raise ScheduleError("strategy.compensation=momentum leaves the optimizer no momentum at this k: its "
+                                "update is not the one the profile measured (SGD with momentum)")
     return AS_IMPLEMENTED
 
 
@@ -370,6 +399,40 @@ class Delayed(Worker):
 
 
 # ---------------------------------------------------------------------- layer-wise
+def split_layers(layers: List[Layer], split_mb: float) -> List[Layer]:
+    """``strategy.split_mb`` (asyncsgd/strategies/split.py) on a profile: every ``Linear`` layer whose
+    weight is larger than ``split_mb`` MiB becomes row blocks, each a layer of its own, in forward
+    order (backward finishes the last block first). As ``split_linear_layers``: as few equal blocks
+    as keep each weight within the limit, ``rows = ceil(out / blocks)`` each, the last one shorter.
+    A block's forward, backward, update and bytes are the layer's in proportion to its rows (the
+    same arithmetic per output row). The rows are read from the bias (out x 4 bytes)."""
+    if split_mb <= 0:
+        return list(layers)
+    max_bytes = int(split_mb * 2 ** 20)
+    out: List[Layer] = []
+    for layer in layers:
+        weight = layer.tensors[0]
+        if weight <= max_bytes or layer.type not in ("Linear", ""):
+            out.append(layer)
+            continue
+        if not layer.type:
+            raise ScheduleError(f"strategy.split_mb: profile layer {layer.name} has no type; split_mb splits only "
+                                "nn.Linear layers, so the profile must say which layers are (type: Linear)")
+        rows_total = layer.tensors[1] // DTYPE_BYTES if len(layer.tensors) == 2 else 0
+        if not rows_total or weight % rows_total:
+            raise ScheduleError(f"strategy.split_mb: profile layer {layer.name} (Linear) needs tensors [weight, bias] "
+                                "bytes to know its rows")
+        row_bytes = weight // rows_total
+        blocks = min(rows_total, -(-rows_total // max(1, max_bytes // row_bytes)))
+        rows = -(-rows_total // blocks)
+        for k, r0 in enumerate(range(0, rows_total, rows)):
+            n = min(rows, rows_total - r0)
+            share = n / rows_total
+            out.append(Layer(f"{layer.name}.blocks.{k}", [n * row_bytes, n * DTYPE_BYTES], layer.forward_s * share,
+                             layer.backward_s * share, layer.update_s * share, "_Block"))
+    return out
+
+
 def layer_buckets(layers: List[Layer], bucket_mb: float) -> List[List[int]]:
     """layerwise.py's buckets: layer indices (forward order inside), listed in gradient-ready order
     (backward's). A layer's parameters share a bucket; with ``bucket_mb`` a bucket takes the next
@@ -518,6 +581,7 @@ class Layerwise(Worker):
         from ..strategies.schedule import chunk_items
 
         super().__init__(plan, spec)
+        self.layers = split_layers(self.layers, spec.split_mb)
         self.calibration_steps = CALIBRATION_STEPS
         self.specs, self.use_order, self.lanes = layerwise_plan(self.layers, spec)
         self.bucket_of = {i: b.index for b in self.specs for i in b.layers}
@@ -662,11 +726,11 @@ def layerwise_bound(forward: Sequence[float], backward: Sequence[float], update:
     return max(sum(work[i:]) + after + max(sum(work[:i]) + before, sum(comm[:i + 1])) for i in range(n))
 
 
-def layerwise_bound_for(profile: Profile, network, world_size: int) -> float:
+def layerwise_bound_for(profile: Profile, network, world_size: int, split_mb: float = 0.0) -> float:
     """:func:`layerwise_bound` of a profile over a network: c_i = one allreduce of layer i's gradient
     alone; the step's data and bookkeeping come before the first layer's forward, the loss after the
-    last (layerwise's zero_grad only drops references)."""
-    layers = profile.layers
+    last (layerwise's zero_grad only drops references). ``split_mb``: of the layers as row blocks."""
+    layers = split_layers(profile.layers, split_mb)
     plan = Plan(profile, network, world_size, ideal=True)
     return layerwise_bound([l.forward_s for l in layers], [l.backward_s for l in layers],
                            [plan.update_part_s(l, l.nbytes) for l in layers],

@@ -95,3 +95,23 @@ def test_shipped_profiles_load():
     for path in shipped.values():
         prof = load_profile(path)
         assert prof.source and prof.layers
+
+
+def test_fill_from_takes_updates_at_the_runs_memory_speed():
+    # the run's trace shows the fused update (1 ms) but no per-layer ones; the base profile, measured
+    # when memory was 4x slower (fused 4 ms), has per-layer updates 3 and 2 ms: they come over at 1/4
+    from asyncsgd.projection.measure import fill_from
+    from asyncsgd.projection.profile import Layer, Profile
+
+    run = Profile(layers=[Layer("a", [400], 1e-3, 2e-3), Layer("b", [800], 1e-3, 2e-3, update_s=5e-4)],
+                  step={"update_all_s": 1e-3}, measurements={"world_size": 2})
+    base = Profile(layers=[Layer("a", [400], 9e-3, 9e-3, 3e-3), Layer("b", [800], 9e-3, 9e-3, 2e-3)],
+                   step={"update_all_s": 4e-3, "zero_grad_s": 1e-4}, memory={"copy_s_per_byte": 1e-10})
+    filled = fill_from(run, base)
+    # a's update from the base at the runs' speed; b keeps its own; compute stays the run's
+    assert [l.update_s for l in filled.layers] == pytest.approx([0.75e-3, 5e-4])
+    assert [l.forward_s for l in filled.layers] == [1e-3, 1e-3]
+    assert filled.step == {"update_all_s": 1e-3, "zero_grad_s": 1e-4}
+    # without a fused update in the run the base's per-layer updates come over as they are
+    run.step = {}
+    assert fill_from(run, base).layers[0].update_s == pytest.approx(3e-3)

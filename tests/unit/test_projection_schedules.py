@@ -9,14 +9,16 @@ from being round.
 """
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
 from asyncsgd.projection.network import Network
 from asyncsgd.projection.profile import Layer, Profile
-from asyncsgd.projection.schedules import (AS_IMPLEMENTED, IDEAL, Layerwise, Plan, StrategySpec, ddp_buckets,
-                                           layer_buckets, layerwise_bound, layerwise_bound_for, layerwise_plan, predict)
+from asyncsgd.projection.schedules import (AS_IMPLEMENTED, IDEAL, Layerwise, Plan, ScheduleError, StrategySpec,
+                                           ddp_buckets, layer_buckets, layerwise_bound, layerwise_bound_for,
+                                           layerwise_plan, predict, ruleset_for, split_layers)
 from asyncsgd.projection.simulate import simulate
 
 MS = 1e-3
@@ -140,6 +142,76 @@ def test_layerwise_plan_follows_layerwise_build():
         ("b", 400, [100, 1250, 1250, 500]), ("a", 4040, [1010 + 2])]
     plain, _, lanes = layerwise_plan(layers, StrategySpec("layerwise"))
     assert lanes == [[0, 1]] and [[c.elements for c in b.chunks] for b in plain] == [[3100], [1010 + 2]]
+
+
+def test_split_cuts_a_linear_layer_into_row_blocks_as_split_py_does():
+    # Linear 10 rows x 100 inputs (396 + 4 bytes a row); at most 1300 bytes of weight a block: 3 rows
+    # fit, so ceil(10 / 3) = 4 equal blocks of ceil(10 / 4) = 3 rows, the last one 1 row
+    layers = [Layer("conv", [5000, 40], 1 * MS, 1 * MS, 0.1 * MS, "Conv2d"),
+              Layer("fc", [3960, 40], 10 * MS, 20 * MS, 1 * MS, "Linear")]
+    out = split_layers(layers, 1300 / 2**20)
+    assert [l.name for l in out] == ["conv", "fc.blocks.0", "fc.blocks.1", "fc.blocks.2", "fc.blocks.3"]
+    assert out[0] is layers[0]  # not a Linear: kept whole, whatever its size
+    assert [l.tensors for l in out[1:]] == [[1188, 12]] * 3 + [[396, 4]]
+    # forward, backward and update in proportion to the rows
+    assert [l.forward_s / MS for l in out[1:]] == pytest.approx([3, 3, 3, 1])
+    assert [l.backward_s / MS for l in out[1:]] == pytest.approx([6, 6, 6, 2])
+    assert [l.update_s / MS for l in out[1:]] == pytest.approx([0.3, 0.3, 0.3, 0.1])
+    assert split_layers(layers, 0.0) == layers and split_layers(layers, 1.0) == layers  # off; nothing above 1 MiB
+    with pytest.raises(ScheduleError, match="bias"):
+        split_layers([Layer("fc", [3960], 0, 0, 0, "Linear")], 1300 / 2**20)
+    with pytest.raises(ScheduleError, match="no type"):
+        split_layers([Layer("fc", [3960, 40], 0, 0)], 1300 / 2**20)
+
+
+def test_split_lets_the_big_layer_overlap():
+    # conv (f 1, b 1, 1 ms of link) and a Linear of 10 rows (f 2, b 4, 4 ms), 792 bytes a block of 2 rows:
+    # five blocks of f 0.4, b 0.8, 0.8 ms of link each
+    prof = Profile(layers=[Layer("conv", [1000], 1 * MS, 1 * MS, 0.0, "Conv2d"),
+                           Layer("fc", [3960, 40], 2 * MS, 4 * MS, 0.0, "Linear")], batch_size=1)
+    whole, split = StrategySpec("layerwise"), StrategySpec("layerwise", split_mb=792 / 2**20)
+    assert split.label == "layerwise(forward+split)"
+    # bound: whole, the fc term 6 + max(2, 1 + 4) = 11; split, the conv term 8 + 1 = 9 (each block's term is 8)
+    assert period(prof, whole, IDEAL) == pytest.approx(11.0)
+    assert period(prof, split, IDEAL) == pytest.approx(9.0)
+    assert layerwise_bound_for(prof, NET, 2, split_mb=792 / 2**20) / MS == pytest.approx(9.0)
+    # as implemented, one channel, first ready first sent: whole, fc 7-11 then conv (+8 bytes of flags)
+    # 11-12.008, which the next forward waits for; split, the blocks 3.8-7.8 one after the other, conv
+    # 8-9.008, and the next forward waits only for conv
+    assert period(prof, whole) == pytest.approx(12.008, abs=1e-3)
+    assert period(prof, split) == pytest.approx(9.008, abs=1e-3)
+
+
+def test_one_bucket_and_uncut_chunks():
+    # bucket_mb=inf: every layer in one bucket; chunk_mb=inf: its gradients not cut (one buffer, + 2 flags)
+    layers = [Layer("a", [4000, 40], 0, 0), Layer("b", [12000, 400], 0, 0)]
+    assert layer_buckets(layers, math.inf) == [[0, 1]]
+    spec = StrategySpec.from_config({"name": "layerwise", "bucket_mb": math.inf, "chunk_mb": math.inf,
+                                     "priority": True})
+    buckets, use_order, lanes = layerwise_plan(layers, spec)
+    assert [(b.layers, [c.elements for c in b.chunks]) for b in buckets] == [([0, 1], [4110 + 2])]
+    assert use_order == [0] and lanes == [[0]]
+
+
+def test_rules_for_todays_strategy_keys():
+    layerwise = {"name": "layerwise", "wait_at": "forward", "bucket_mb": 4.0, "priority": True, "chunk_mb": 1.0,
+                 "urgent_share": 0.1, "split_mb": 1.0}
+    assert ruleset_for({"strategy": layerwise}) == AS_IMPLEMENTED
+    assert StrategySpec.from_config(layerwise).split_mb == 1.0
+    delayed = {"name": "delayed", "k": 1, "drain": True, "compensation": "none", "dc_lambda": 2.0,
+               "dc_adaptive": True, "dc_beta": 0.95}
+    # none, momentum and lr change no work of a step: the plain delayed schedule
+    for rules in ("none", "momentum", "lr", "lr+momentum"):
+        assert ruleset_for({"strategy": {**delayed, "compensation": rules}, "train": {"momentum": 0.9}}) == AS_IMPLEMENTED
+    # dc and predict add passes over copies of the weights that no profile measures
+    for rules in ("dc", "predict", "lr+dc"):
+        with pytest.raises(ScheduleError, match="no profile measures"):
+            ruleset_for({"strategy": {**delayed, "compensation": rules}})
+    # momentum at a k whose implicit momentum (k/(k+1) = 0.9) takes all of it: SGD without momentum
+    with pytest.raises(ScheduleError, match="no momentum"):
+        ruleset_for({"strategy": {**delayed, "k": 9, "compensation": "momentum"}, "train": {"momentum": 0.9}})
+    with pytest.raises(ScheduleError, match="no rules for"):
+        ruleset_for({"strategy": {**delayed, "something_new": 1}})
 
 
 # ---------------------------------------------------------------------- the bound of issue 12
@@ -282,39 +354,62 @@ def test_polling_takes_cpu_from_compute_but_does_not_slow_the_reduction():
     assert period(prof, StrategySpec("delayed", k=1), AS_IMPLEMENTED, net) == pytest.approx(42.0, abs=0.05)
 
 
-def test_layerwise_plan_is_what_the_strategy_builds(comm):
-    # the real strategy's first step on a small convnet (one gloo process) against the model's plan
-    # from the same layers' bytes: the same buckets, chunk sizes (flags included) and lanes
+def convnet():
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
-    from asyncsgd.config import LayerwiseConfig
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 100), nn.ReLU(),
+                         nn.Linear(100, 10))
+
+
+def real_and_modelled_plan(cfg, comm):
+    """The real strategy's buckets (label, chunk bytes) and lanes after its first step on ``convnet``
+    (one gloo process), and the model's from the unsplit model's layers and bytes."""
+    import torch
+    import torch.nn.functional as F
+
     from asyncsgd.metrics import PhaseTimer
     from asyncsgd.projection.measure import _layers
     from asyncsgd.strategies import make_strategy
 
-    def convnet():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 100), nn.ReLU(),
-                             nn.Linear(100, 10))
+    layers = [Layer(name, [p.numel() * p.element_size() for p in ps], 0, 0, 0, type(m).__name__)
+              for name, m, ps in _layers(convnet())]
+    model = convnet()
+    strategy = make_strategy(cfg, comm, PhaseTimer())
+    net = strategy.attach(model, lambda ps: torch.optim.SGD(ps, lr=0.1))
+    F.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.randint(10, (2,))).backward()
+    strategy.synchronize()
+    strategy.close()
+    real = ([(b.label, strategy._chunk_sizes(b)) for b in strategy.buckets], strategy.lanes)
+    spec = StrategySpec("layerwise", priority=cfg.priority, chunk_mb=cfg.chunk_mb, urgent_share=cfg.urgent_share,
+                        split_mb=cfg.split_mb)
+    buckets, _, lanes = layerwise_plan(split_layers(layers, spec.split_mb), spec)
+    return real, ([(b.label, [c.elements * 4 for c in b.chunks]) for b in buckets], lanes)
+
+
+def test_layerwise_plan_is_what_the_strategy_builds(comm):
+    # the real strategy's first step on a small convnet against the model's plan from the same
+    # layers' bytes: the same buckets, chunk sizes (flags included) and lanes
+    from asyncsgd.config import LayerwiseConfig
 
     seen = []
     for cfg in (LayerwiseConfig(priority=True, chunk_mb=1.0, urgent_share=0.1), LayerwiseConfig()):
-        model = convnet()
-        strategy = make_strategy(cfg, comm, PhaseTimer())
-        net = strategy.attach(model, lambda ps: torch.optim.SGD(ps, lr=0.1))
-        F.cross_entropy(net(torch.randn(2, 3, 32, 32)), torch.randint(10, (2,))).backward()
-        strategy.synchronize()
-        strategy.close()
-        real = [(b.label, strategy._chunk_sizes(b)) for b in strategy.buckets]
-        layers = [Layer(name, [p.numel() * p.element_size() for p in ps], 0, 0) for name, _, ps in _layers(model)]
-        spec = StrategySpec("layerwise", priority=cfg.priority, chunk_mb=cfg.chunk_mb, urgent_share=cfg.urgent_share)
-        buckets, _, lanes = layerwise_plan(layers, spec)
-        assert [(b.label, [c.elements * 4 for c in b.chunks]) for b in buckets] == real
-        assert lanes == strategy.lanes
-        seen.append((real, lanes))
+        real, modelled = real_and_modelled_plan(cfg, comm)
+        assert modelled == real
+        seen.append(real)
     # priority: the big layer's bias in the buffer, its weight in place in 1 MiB chunks; conv first on lane 0
     assert seen[0] == ([("5", [4040]), ("3", [400, 2**20, 2**20, 2880000 - 2 * 2**20]), ("0", [896 + 8])],
                        [[2], [0, 1]])
     assert seen[1] == ([("5", [4040]), ("3", [2880400]), ("0", [896 + 8])], [[0, 1, 2]])  # one buffer each
+
+
+def test_split_plan_is_what_the_strategy_builds(comm):
+    # split_mb=1: the 2.75 MiB Linear (100 rows of 28800 bytes; 36 rows fit in 1 MiB) becomes
+    # ceil(100 / 36) = 3 blocks of 34, 34 and 32 rows, backward finishing the last block first
+    from asyncsgd.config import LayerwiseConfig
+
+    real, modelled = real_and_modelled_plan(LayerwiseConfig(split_mb=1.0), comm)
+    assert modelled == real
+    assert real == ([("5", [4040]), ("3.blocks.2", [32 * 28804]), ("3.blocks.1", [34 * 28804]),
+                     ("3.blocks.0", [34 * 28804]), ("0", [896 + 8])], [[0, 1, 2, 3, 4]])
