@@ -1,8 +1,9 @@
 """Delayed-k SGD (bounded staleness): the gradient of step t is applied at step t+k.
 
-After backward, the gradients are copied into one of k+1 flat buffers and their
-reduction starts in the background; then the reduced gradient of step t-k is
-waited for (usually long done) and applied. Steps 0..k-1 apply nothing. A buffer
+After backward, the reductions still in flight are waited for (usually long
+done: one reduction at a time on the link), the gradients are copied into one
+of k+1 flat buffers and their reduction starts in the background; then the
+reduced gradient of step t-k is applied. Steps 0..k-1 apply nothing. A buffer
 handed to a reduction is not touched again until that reduction is applied.
 ``flush`` completes the reductions in flight but keeps them queued (evaluation
 sees the true weights without changing the math); ``finish`` applies them when
@@ -63,6 +64,12 @@ class DelayedStrategy(Strategy):
         self.compensation.begin_step()  # the forward of this step may run at predicted weights
 
     def synchronize(self) -> None:
+        # One reduction on the link at a time: the ones in flight are waited for before this step's
+        # starts. gloo would run them side by side, and two allreduces sharing one link move the data
+        # slower than one after the other (docs/performance.md, 100 Mbit/s); MPI's channel thread runs
+        # them in order anyway. At K=1 it is the wait step() makes, moved before the new reduction starts.
+        for queued in self.in_flight:
+            self._wait(queued.handle, f"step {queued.step}")
         self.flat[-1] = self.stop_slot.outgoing
         buffer = self.free.popleft().copy_(self.flat)
         handle = self._reduce(buffer, f"allreduce step {self.steps_taken}", average=False)
