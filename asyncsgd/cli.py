@@ -252,6 +252,9 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-acc", type=float, metavar="A",
                         help="test accuracy (fraction, e.g. 0.95) for time to target; default: each dataset's target_acc")
     parser.add_argument("--title", help="heading of report.md, e.g. the machine and date of the runs")
+    parser.add_argument("--not-a-setting", default="", metavar="KEYS",
+                        help="comma-separated config keys whose values do not tell settings apart here, e.g. "
+                             "train.max_steps when a sweep ran its slow cells for fewer steps")
     return parser
 
 
@@ -263,7 +266,7 @@ def report(argv: List[str] | None = None) -> None:
 
     try:
         result = make_report(args.dirs, out=args.out, baseline=args.baseline, target_acc=args.target_acc,
-                             title=args.title)
+                             title=args.title, not_settings=[k for k in args.not_a_setting.split(",") if k])
     except ReportError as exc:
         print(f"asyncsgd-report: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -41,8 +41,10 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def make_report(dirs: Sequence[Path], out: Optional[Path] = None, baseline: str = "sync",
-                target_acc: Optional[float] = None, title: Optional[str] = None) -> Report:
-    """Read the runs under ``dirs`` and write report.md, runs.csv, speedup.csv and the plots to ``out``."""
+                target_acc: Optional[float] = None, title: Optional[str] = None,
+                not_settings: Sequence[str] = ()) -> Report:
+    """Read the runs under ``dirs`` and write report.md, runs.csv, speedup.csv and the plots to ``out``;
+    config keys in ``not_settings`` do not tell settings apart (beyond :data:`frames.NOT_SETTINGS`)."""
     dirs = [Path(d) for d in dirs]
     out = Path(out) if out is not None else dirs[0]
     if target_acc is not None and not 0.0 < target_acc <= 1.0:
@@ -55,7 +57,7 @@ def make_report(dirs: Sequence[Path], out: Optional[Path] = None, baseline: str 
     if not os.access(out, os.W_OK):
         raise ReportError(f"{out}: cannot write to this directory")
     # run paths relative to `out`, so report.md and a committed report read the same anywhere
-    frame = runs_frame(runs, target_acc, relative_to=out.resolve())
+    frame = runs_frame(runs, target_acc, relative_to=out.resolve(), not_settings=not_settings)
     table = speedup_frame(frame, baseline)
     missing = missing_jobs(runs, sweeps)
 

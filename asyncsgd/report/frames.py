@@ -61,6 +61,14 @@ def _value_text(value: object) -> str:
     return str(value)
 
 
+def _same_types(flat: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """A key that holds a float in any run holds floats in all: 4 and 4.0 are one setting (a config
+    schema's float written as an integer by an older version, e.g. strategy.bucket_mb)."""
+    floats = {k for f in flat for k, v in f.items() if isinstance(v, float)}
+    return [{k: float(v) if k in floats and isinstance(v, int) and not isinstance(v, bool) else v
+             for k, v in f.items()} for f in flat]
+
+
 def _varying_keys(flat: List[Dict[str, object]], keys: Iterable[str]) -> List[str]:
     """Keys whose value differs between runs; a key under a choice group only within one choice."""
     varying = []
@@ -80,7 +88,8 @@ def _varying_keys(flat: List[Dict[str, object]], keys: Iterable[str]) -> List[st
 
 def strategy_labels(configs: Sequence[Dict[str, object]]) -> List[str]:
     """``name(key=value, ...)`` per run: the strategy's defining keys plus any that vary between runs."""
-    flat = [_flatten(c.get("strategy", {}) if isinstance(c.get("strategy"), dict) else {}) for c in configs]
+    flat = _same_types([_flatten(c.get("strategy", {}) if isinstance(c.get("strategy"), dict) else {})
+                        for c in configs])
     labels = []
     for f in flat:
         name = str(f.get("name", "unknown"))
@@ -92,14 +101,16 @@ def strategy_labels(configs: Sequence[Dict[str, object]]) -> List[str]:
     return labels
 
 
-def _setting_extras(configs: Sequence[dict]) -> List[str]:
-    """Dotted config keys, beyond BASE_SETTINGS, that vary between runs and define a setting."""
-    flat = [_flatten(c) for c in configs]
+def _setting_extras(configs: Sequence[dict], not_settings: Sequence[str] = ()) -> List[str]:
+    """Dotted config keys, beyond BASE_SETTINGS, that vary between runs and define a setting
+    (not those of NOT_SETTINGS or ``not_settings``)."""
+    flat = _same_types([_flatten(c) for c in configs])
     base = {"dataset.name", "model.name", "backend.name", "train.batch_size"}
     keys: List[str] = []
     for f in flat:
         keys.extend(k for k in f if k not in keys)
-    return [k for k in _varying_keys(flat, keys) if k not in base and not NOT_SETTINGS.match(k)]
+    return [k for k in _varying_keys(flat, keys)
+            if k not in base and not NOT_SETTINGS.match(k) and k not in set(not_settings)]
 
 
 def _warmup(run: Run) -> int:
@@ -148,14 +159,15 @@ def _num(value: object) -> float:
         return math.nan
 
 
-def runs_frame(runs: Sequence[Run], target_acc: Optional[float] = None, relative_to: Optional[Path] = None) -> pd.DataFrame:
+def runs_frame(runs: Sequence[Run], target_acc: Optional[float] = None, relative_to: Optional[Path] = None,
+               not_settings: Sequence[str] = ()) -> pd.DataFrame:
     """One row per run: its setting, strategy label, status and measured numbers (runs.csv).
 
     ``target_acc`` overrides each run's own dataset.target_acc for the time to target.
     """
     configs = [r.config for r in runs]
     labels = strategy_labels(configs)
-    extras = _setting_extras(configs)
+    extras = _setting_extras(configs, not_settings)
     rows = []
     for run, label in zip(runs, labels):
         s, c = run.summary, run.config

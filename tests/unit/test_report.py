@@ -203,6 +203,16 @@ def test_strategy_labels_show_defining_and_varying_keys():
     ]
 
 
+def test_an_integer_and_a_float_of_one_key_are_one_setting():
+    # an older run wrote strategy.bucket_mb=0 where a newer one writes 0.0: the same layout
+    configs = [{"strategy": {"name": "layerwise", "wait_at": "forward", "bucket_mb": 0, "split_mb": 1.0}},
+               {"strategy": {"name": "layerwise", "wait_at": "forward", "bucket_mb": 0.0, "split_mb": 1.0}},
+               {"strategy": {"name": "layerwise", "wait_at": "forward", "bucket_mb": 0.0, "split_mb": 0.0}}]
+    labels = strategy_labels(configs)
+    assert labels[0] == labels[1] != labels[2]
+    assert labels[0] == "layerwise(wait_at=forward, split_mb=1.0)"
+
+
 def test_a_varying_config_key_becomes_a_setting_column(tmp_path):
     for i, lr in enumerate((0.05, 0.1)):
         make_run(tmp_path / f"r{i}", train={"lr": lr}, median_iter_s=0.01 * (i + 1))
@@ -215,6 +225,16 @@ def test_a_varying_config_key_becomes_a_setting_column(tmp_path):
     # model.hidden exists for mlp only: comparing it against other models would invent a setting
     make_run(tmp_path / "r2", model="lenet", median_iter_s=0.02)
     assert "model.hidden" not in runs_frame(load_runs([tmp_path])[0]).columns
+
+
+def test_a_key_named_as_not_a_setting_does_not_split_the_table(tmp_path):
+    # a link sweep whose slow cells ran fewer steps: one setting per link rate, not two
+    for i, (steps, name) in enumerate([(12, "sync"), (20, "sync"), (12, "delayed"), (20, "delayed")]):
+        make_run(tmp_path / f"r{i}", strategy={"name": name}, train={"max_steps": steps}, median_iter_s=0.01)
+    assert "train.max_steps" in make_report([tmp_path], out=tmp_path / "a").table.columns
+    report = make_report([tmp_path], out=tmp_path / "b", not_settings=["train.max_steps"])
+    assert "train.max_steps" not in report.table.columns
+    assert sorted(report.table["runs"].tolist()) == [2, 2]  # each strategy's two runs in one row
 
 
 def test_rows_sort_numbers_as_numbers(tmp_path):
