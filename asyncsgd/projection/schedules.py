@@ -408,6 +408,8 @@ def split_layers(layers: List[Layer], split_mb: float) -> List[Layer]:
     same arithmetic per output row). The rows are read from the bias (out x 4 bytes)."""
     if split_mb <= 0:
         return list(layers)
+    from ..strategies.split import block_rows
+
     max_bytes = int(split_mb * 2 ** 20)
     out: List[Layer] = []
     for layer in layers:
@@ -423,8 +425,7 @@ def split_layers(layers: List[Layer], split_mb: float) -> List[Layer]:
             raise ScheduleError(f"strategy.split_mb: profile layer {layer.name} (Linear) needs tensors [weight, bias] "
                                 "bytes to know its rows")
         row_bytes = weight // rows_total
-        blocks = min(rows_total, -(-rows_total // max(1, max_bytes // row_bytes)))
-        rows = -(-rows_total // blocks)
+        rows = block_rows(rows_total, row_bytes, max_bytes)
         for k, r0 in enumerate(range(0, rows_total, rows)):
             n = min(rows, rows_total - r0)
             share = n / rows_total

@@ -107,7 +107,10 @@ def chosen_layout(strategy: dict, summary: Optional[dict]) -> dict:
     if not chosen:
         raise ScheduleError("a strategy.bucket_mb=auto run is predicted with the layout it kept, and its "
                             "summary.json does not say which (a runs.csv row does not carry it: validate run dirs)")
-    return {**strategy, **{k: math.inf if v is None else float(v) for k, v in chosen.items()}}
+    from ..strategies.tuning import Layout
+
+    layout = Layout.from_description(chosen)
+    return {**strategy, "bucket_mb": layout.bucket_mb, "chunk_mb": layout.chunk_mb}
 
 
 def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks: Dict[str, object],

@@ -105,6 +105,12 @@ class RowBlockLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, blocks={len(self.blocks)}"
 
 
+def block_rows(out_features: int, row_bytes: int, max_bytes: int) -> int:
+    """Rows per block: as few equal blocks as keep each within ``max_bytes`` (the last one shorter)."""
+    blocks = min(out_features, -(-out_features // max(1, max_bytes // row_bytes)))
+    return -(-out_features // blocks)
+
+
 def split_linear_layers(model: nn.Module, max_bytes: int) -> List[str]:
     """Replace, in place, every ``nn.Linear`` whose weight is larger than ``max_bytes`` by a
     :class:`RowBlockLinear` of as few equal blocks as keep each within ``max_bytes`` (at least
@@ -126,8 +132,6 @@ def split_linear_layers(model: nn.Module, max_bytes: int) -> List[str]:
             row_bytes = child.in_features * child.weight.element_size()
             if child.out_features * row_bytes <= max_bytes:
                 continue
-            blocks = min(child.out_features, -(-child.out_features // max(1, max_bytes // row_bytes)))
-            rows = -(-child.out_features // blocks)
-            setattr(module, child_name, RowBlockLinear(child, rows))
+            setattr(module, child_name, RowBlockLinear(child, block_rows(child.out_features, row_bytes, max_bytes)))
             replaced.append(f"{name}.{child_name}" if name else child_name)
     return replaced
