@@ -106,6 +106,7 @@ class LayerwiseStrategy(Strategy):
         self.recorder: Optional[Recorder] = Recorder(model, self.params)
         self.buckets: List[_Bucket] = []
         self.scheduler: Optional[ReductionScheduler] = None
+        self.lanes: List[List[int]] = []
         self.flags = torch.zeros(FLAGS, dtype=self.params[0].dtype, device=self.params[0].device)
         # The stop flag travels as flags[0] of each step's first bucket (asyncsgd.stopping).
         self.stop_slot = StopFlagSlot()
@@ -202,8 +203,9 @@ class LayerwiseStrategy(Strategy):
         # lanes after the first are refined to earliest-deadline-first chunk order after a few steps
         # (of the layout that is kept: not while candidates are being timed)
         tuning = self.tuner is not None and not self.tuner.done
-        self._carried: Dict[int, List[float]] = {} if tuning else {
-            b: [] for lane in self.lanes[1:] for b in lane[1:]}
+        self._carried: Dict[int, List[float]] = {}
+        if not tuning:
+            self._start_calibration()
         if self.cfg.wait_at == "forward":
             waiting: Dict[nn.Module, List[_Bucket]] = {}
             for bucket in self.use_order:
@@ -229,7 +231,7 @@ class LayerwiseStrategy(Strategy):
             self.tuner.started()
         elif self.tuner.done:  # the last candidate timed is the one kept: its EDF calibration starts now
             self._built_at = self._step
-            self._carried = {b: [] for lane in self.lanes[1:] for b in lane[1:]}
+            self._start_calibration()
         if self.tuner.done and self.comm.rank == 0:
             log.info("layerwise: bucket_mb=auto keeps %s (median ms per step: %s)", self.layout,
                      ", ".join(f"{layout} {1e3 * m:.1f}" for layout, m in zip(self.tuner.layouts,
@@ -243,7 +245,11 @@ class LayerwiseStrategy(Strategy):
             return self._step + 1
         if self._settled_before is not None:
             return self._settled_before
-        return self._built_at + 1 + (CALIBRATION_STEPS if len(getattr(self, "lanes", [])) > 1 else 0)
+        return self._built_at + 1 + (CALIBRATION_STEPS if len(self.lanes) > 1 else 0)
+
+    def _start_calibration(self) -> None:
+        """Measure, from the next step, how far the link gets in backward (lanes after the first) -> EDF."""
+        self._carried = {b: [] for lane in self.lanes[1:] for b in lane[1:]}
 
     def _chunk_sizes(self, bucket: _Bucket) -> List[int]:
         size = bucket.params[0].element_size()
