@@ -262,7 +262,8 @@ class MPIBackendConfig(BackendConfig):
         fused gradient (sync, delayed, nocomm), which a blocking call drove at half the cost to the
         training thread's compute that the polled one had (docs/strategies.md); ``thread`` where there
         are many reductions to schedule (layerwise's chunks on two channels, sync with fuse=false),
-        which it keeps two in flight per channel, channel 0 first."""
+        which it keeps two in flight per channel, channel 0 first. The communicator then follows the
+        layout layerwise lays out (Communicator.suit_reductions: one reduction per step, blocking)."""
         if self.progress != "auto":
             return self.progress
         many = strategy is not None and (strategy.name == "layerwise" or not getattr(strategy, "fuse", True))

@@ -11,7 +11,7 @@ def make_communicator(backend_cfg, strategy_cfg=None) -> Communicator:
         from .mpi import MPICommunicator
 
         return MPICommunicator(backend_cfg.timeout_s, progress=backend_cfg.resolve_progress(strategy_cfg),
-                               max_inflight=backend_cfg.max_inflight)
+                               max_inflight=backend_cfg.max_inflight, adaptive=backend_cfg.progress == "auto")
     from .torchdist import TorchDistCommunicator
 
     return TorchDistCommunicator(backend_cfg.name, backend_cfg.timeout_s)

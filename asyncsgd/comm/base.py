@@ -100,6 +100,15 @@ class Communicator(ABC):
     def barrier(self) -> None:
         """Return only when every rank has called it."""
 
+    def suit_reductions(self, per_step: int) -> None:
+        """A strategy's steps make ``per_step`` reductions from now on.
+
+        Called at a step boundary with nothing in flight, at the same step on every rank
+        (layerwise, when it lays out its buckets). A backend whose best way of driving
+        reductions depends on how many there are may switch now (MPI with
+        ``backend.progress=auto``); the others ignore it.
+        """
+
     def progress(self) -> None:
         """Give pending non-blocking reductions a chance to advance.
 

@@ -27,6 +27,11 @@ ways are offered (``backend.progress``):
 - ``library``: ``MPI_Iallreduce`` and MPICH's own progress thread
   (``MPIR_CVAR_ASYNC_PROGRESS=1``, set before MPI starts; needs THREAD_MULTIPLE).
 
+``backend.progress=auto`` resolves to ``thread`` for layerwise and ``blocking`` for the
+strategies that reduce one fused gradient per step (config.resolve_progress), and
+then follows the layout: :meth:`suit_reductions` switches between the two when a
+strategy lays out one reduction per step or many.
+
 Channels (:meth:`open_channels`) are duplicated communicators: collectives are
 ordered per communicator, so the communication thread may start channel 0's
 reductions ahead of queued ones of other channels without any rank disagreeing
@@ -136,7 +141,7 @@ class _ThreadHandle(Handle):
 class MPICommunicator(Communicator):
     name = "mpi"
 
-    def __init__(self, timeout_s: float, progress: str = "thread", max_inflight: int = 2):
+    def __init__(self, timeout_s: float, progress: str = "thread", max_inflight: int = 2, adaptive: bool = False):
         super().__init__(timeout_s)
         if progress == "library":
             # Must be in the environment before MPI_Init; launcher=local sets it too.
@@ -146,6 +151,8 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.progress_mode = progress
         self.max_inflight = max_inflight
+        # backend.progress=auto: the mode follows the number of reductions per step (suit_reductions)
+        self.adaptive = adaptive
         if progress in ("thread", "blocking", "library") and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
             raise RuntimeError(
                 f"backend.progress={progress} needs an MPI library with MPI_THREAD_MULTIPLE; "
@@ -161,11 +168,38 @@ class MPICommunicator(Communicator):
         self._threaded = progress in ("thread", "blocking")
         # progress=blocking: one queue per channel; channel 0's unfinished tasks are its work
         self._channel_queues: List["queue.Queue[Optional[_ThreadHandle]]"] = []
-        if progress == "thread":
+        self._start_threads()
+
+    def suit_reductions(self, per_step: int) -> None:
+        """progress=auto: ``blocking`` for one reduction per step, ``thread`` for more (the rule of
+        :meth:`MPIBackendConfig.resolve_progress`, applied to the layout a strategy has now)."""
+        mode = "blocking" if per_step <= 1 else "thread"
+        if not self.adaptive or mode == self.progress_mode:
+            return
+        # Nothing is in flight (the caller's contract): the old threads finish at once, and every
+        # rank switches at the same step, so each channel's collectives keep one order.
+        self._stop_threads()
+        self.progress_mode = mode
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        if self.progress_mode == "thread":
             self._threads.append(threading.Thread(target=self._serve, name="asyncsgd-mpi-comm", daemon=True))
             self._threads[0].start()
-        elif progress == "blocking":
-            self._start_channel_thread(0)
+        elif self.progress_mode == "blocking":
+            for channel in range(len(self.comms)):
+                self._start_channel_thread(channel)
+
+    def _stop_threads(self) -> None:
+        if not self._threads:
+            return
+        if self.progress_mode == "thread":
+            self._queue.put(None)
+        for jobs in self._channel_queues:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s)
+        self._threads, self._channel_queues = [], []
 
     # -- channels ---------------------------------------------------------------
     @property
@@ -338,20 +372,15 @@ class MPICommunicator(Communicator):
     def close(self) -> None:
         for handle in list(self._pending):
             handle.wait()
-        if self._threads:
-            self._queue.put(None)
-            for jobs in self._channel_queues:
-                jobs.put(None)
-            for thread in self._threads:
-                thread.join(timeout=self.timeout_s)
-            self._threads = []
+        self._stop_threads()
         for comm in self.comms:
             comm.Free()
 
     def describe(self) -> dict:
         info = super().describe()
         info["mpi_library"] = self.MPI.Get_library_version().splitlines()[0].strip()
-        info["progress"] = self.progress_mode
+        info["progress"] = self.progress_mode  # at the end of the run (progress=auto may have switched)
+        info["progress_auto"] = self.adaptive
         info["max_inflight"] = self.max_inflight
         info["thread_level_multiple"] = self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
         return info

@@ -137,8 +137,10 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
         spec = StrategySpec.from_config(chosen_layout(config["strategy"], summary))
         rules = ruleset_for(config)
         net = networks[backend].with_link(rate_bps=rate if rate else LOOPBACK_BPS)
-        # the mode the run's worker used (backend.progress=auto depends on the strategy)
-        progress = MPIBackendConfig(progress=flat.get("backend.progress", "thread")).resolve_progress(
+        # the mode the run's worker used (backend.progress=auto depends on the strategy, and for
+        # layerwise on the layout it kept: the run records the mode it ended with)
+        progress = ((summary or {}).get("comm") or {}).get("progress") or MPIBackendConfig(
+            progress=flat.get("backend.progress", "thread")).resolve_progress(
             SimpleNamespace(name=spec.name, fuse=flat.get("strategy.fuse", True)))
         if backend == "mpi" and progress == "thread" and flat.get("backend.max_inflight"):
             # the run's own setting: how many reductions its communication thread kept in flight per channel

@@ -206,6 +206,8 @@ class LayerwiseStrategy(Strategy):
         self._carried: Dict[int, List[float]] = {}
         if not tuning:
             self._start_calibration()
+        # one reduction per step (the one-bucket layout) is driven best by a blocking call on MPI
+        self.comm.suit_reductions(sum(len(b.layout) for b in self.buckets))
         if self.cfg.wait_at == "forward":
             waiting: Dict[nn.Module, List[_Bucket]] = {}
             for bucket in self.use_order:

@@ -62,6 +62,22 @@ def test_layerwise_bucket_mb_auto_equals_sequential_sgd(workdir, backend):
     assert auto["chosen"] in [{k: t[k] for k in ("bucket_mb", "chunk_mb")} for t in auto["tried"]]
     assert all(t["median_ms"] > 0 for t in auto["tried"])
     assert summary["warmup_steps"] > 15  # the trials are left out of the median iteration time
+    if backend == "mpi":
+        # progress=auto follows the layout through every switch: a blocking call for the one-bucket
+        # layout (one reduction per step), the polling thread for the others
+        one_reduction = auto["chosen"] == {"bucket_mb": None, "chunk_mb": None}
+        assert summary["comm"]["progress"] == ("blocking" if one_reduction else "thread")
+        assert summary["comm"]["progress_auto"] is True
+
+
+@needs_mpi
+def test_layerwise_one_bucket_on_mpi_runs_blocking_calls(workdir):
+    # backend.progress=auto: a layout of one reduction per step switches MPI to blocking calls
+    # when the buckets are laid out (after the first step), and the math stays sequential SGD's
+    final = train_and_load(workdir, "lw1", ["backend=mpi", "model=lenet", "strategy=layerwise",
+                                            "strategy.bucket_mb=inf", *P2])
+    assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
+    assert read_summary(workdir / "lw1")["comm"]["progress"] == "blocking"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
