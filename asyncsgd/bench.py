@@ -252,11 +252,15 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
         return (t_sync - t) / (t_sync - limit)
 
     bound = None
-    if limit is not None and samples.get("nocomm") and samples["nocomm"][0].get("run_dir"):  # (a timeline to read)
+    nocomm = [s for s in samples.get("nocomm", []) if s.get("run_dir")]  # (timelines to read)
+    if limit is not None and nocomm:
         try:
             from .projection.measure import profile_from_run
 
-            bound = layerwise_bound(profile_from_run(samples["nocomm"][0]["run_dir"]), t_compute, t_comm)
+            # each repeat's bound from its own per-layer times and its own T_compute; the median of
+            # them, as T_compute is the median of the repeats
+            bound = statistics.median(layerwise_bound(profile_from_run(s["run_dir"]), s["iter_s"], t_comm)
+                                      for s in nocomm)
         except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
             print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
     # the best of each bucket sweep (and of ddp, the reference a new method must beat)
