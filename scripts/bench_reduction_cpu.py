@@ -28,17 +28,10 @@ from pathlib import Path
 def worker(backend: str, progress: str, nbytes: int, repeats: int, out: Path) -> None:
     import torch
 
-    from asyncsgd.comm import make_communicator
-    from asyncsgd.config import GlooConfig, MPIBackendConfig
-    from asyncsgd.launch.environment import detect, prepare_torchdist_env
+    from asyncsgd.comm import communicator_for
 
     torch.set_num_threads(1)
-    if backend == "mpi":
-        cfg = MPIBackendConfig(progress=progress, timeout_s=120)
-    else:
-        prepare_torchdist_env(detect())
-        cfg = GlooConfig(timeout_s=120)
-    comm = make_communicator(cfg)
+    comm = communicator_for(backend, 120, progress=progress)
     grad = torch.ones(nbytes // 4)
     a, b = torch.randn(512, 2048), torch.randn(2048, 512)
 

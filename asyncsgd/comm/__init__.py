@@ -17,4 +17,17 @@ def make_communicator(backend_cfg, strategy_cfg=None) -> Communicator:
     return TorchDistCommunicator(backend_cfg.name, backend_cfg.timeout_s)
 
 
-__all__ = ["CommTimeout", "Communicator", "DoneHandle", "Handle", "make_communicator"]
+def communicator_for(backend: str, timeout_s: float, progress: str = "thread") -> Communicator:
+    """A communicator by backend name, for the tools that time collectives outside a training run
+    (the link and reduction benchmarks, the projection's calibration), in a worker already
+    launched by mpiexec, torchrun or the emulated cluster."""
+    from ..config import GlooConfig, MPIBackendConfig
+    from ..launch.environment import detect, prepare_torchdist_env
+
+    if backend == "mpi":
+        return make_communicator(MPIBackendConfig(progress=progress, timeout_s=timeout_s))
+    prepare_torchdist_env(detect())
+    return make_communicator(GlooConfig(timeout_s=timeout_s))
+
+
+__all__ = ["CommTimeout", "Communicator", "DoneHandle", "Handle", "communicator_for", "make_communicator"]

@@ -90,17 +90,10 @@ def _worker(backend: str, nbytes: int, repeats: int, timeout_s: float, out: Path
     """One rank: the real Communicator, a warm-up allreduce, then timed ones between barriers."""
     import torch
 
-    from ..comm import make_communicator
-    from ..config import GlooConfig, MPIBackendConfig
-    from .environment import detect, prepare_torchdist_env
+    from ..comm import communicator_for
 
-    if backend == "mpi":
-        cfg = MPIBackendConfig(progress="thread", timeout_s=timeout_s)
-    else:
-        prepare_torchdist_env(detect())
-        cfg = GlooConfig(timeout_s=timeout_s)
     torch.set_num_threads(1)
-    comm = make_communicator(cfg)
+    comm = communicator_for(backend, timeout_s)
     tensor = torch.ones(nbytes // 4, dtype=torch.float32)
     comm.allreduce(tensor)  # connections are set up lazily: keep that out of the timing
     seconds = []

@@ -64,17 +64,10 @@ def _worker(args) -> None:
 
     import torch
 
-    from ..comm import make_communicator
-    from ..config import GlooConfig, MPIBackendConfig
-    from ..launch.environment import detect, prepare_torchdist_env
+    from ..comm import communicator_for
 
-    if args.backend == "mpi":
-        cfg = MPIBackendConfig(progress="thread", timeout_s=args.timeout)
-    else:
-        prepare_torchdist_env(detect())
-        cfg = GlooConfig(timeout_s=args.timeout)
     torch.set_num_threads(1)
-    comm = make_communicator(cfg)
+    comm = communicator_for(args.backend, args.timeout)
     sizes = [int(s) for s in args.sizes.split(",")]
     out: Dict[str, object] = {"world_size": comm.size, "backend": args.backend}
 
