@@ -384,6 +384,9 @@ class Delayed(Worker):
 
     def synchronize(self, step: int):
         nbytes = self.plan.total_bytes
+        # one reduction on the link at a time: the ones in flight are waited for before this step's starts
+        for queued in self.in_flight:
+            yield from self.wait(queued, f"step {queued.grad_step}", averaged=False)
         yield Compute(self.plan.copy_s(nbytes), "copy into buffer", "comm_wait", track=-1)
         r = self.plan.reduction(f"step {step}", nbytes + self.flag_bytes, step, step, urgency=(step,), average=False)
         yield Start(r)

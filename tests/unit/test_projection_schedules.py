@@ -244,6 +244,21 @@ def test_delayed_hides_all_communication_when_compute_is_longer():
     assert pred.comm_wait_s / MS == pytest.approx(0.0, abs=0.01)
 
 
+def test_delayed_puts_one_reduction_on_the_link_at_a_time():
+    # delayed.py waits for the reductions in flight before starting a step's own: with the link slower
+    # than the compute (12 ms against 9), every step takes its reduction's 12 ms, at K=1 and K=2, on a
+    # network that would run two side by side (gloo's: two reductions at once)
+    two_at_once = Network("toy-gloo", alpha=0.0, beta=1e-6, channels=2)
+    for k in (1, 2):
+        pred = predict(THREE, two_at_once, 2, StrategySpec("delayed", k=k), steps=24, warmup=8)
+        assert pred.iter_s / MS == pytest.approx(12.0, abs=0.05)
+        assert pred.mean_s / MS == pytest.approx(12.0, abs=0.05)
+        link = sorted((e["ts"], e["ts"] + e["dur"]) for e in pred.trace
+                      if e.get("ph") == "X" and e.get("name", "").startswith("allreduce step"))
+        assert len(link) >= 10
+        assert all(start >= end - 1e-6 for (_, end), (start, _) in zip(link, link[1:]))
+
+
 def test_ddp_buckets_are_torchs():
     # the CNN of design.md (tensor bytes as torch reports them): with bucket_cap_mb passed torch makes
     # one 25 MiB bucket; left at its default (the runner's strategy.bucket_mb=null) the first is ~1 MiB
