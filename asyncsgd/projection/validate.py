@@ -306,7 +306,7 @@ def render(v: Validation, title: str) -> str:
     per = v.settings()
     if len(per) > 1:
         lines += ["## Per setting", "",
-                  house.markdown_table(["backend", "link", "batch", "workers", "runs", "median |error|", "worst"],
+                  house.markdown_table(["backend", "link", "batch", "workers", "runs", "median abs. error", "worst"],
                                        [[str(c["backend"]), str(c["link"]), str(c["batch_size"]), str(c["world_size"]),
                                          str(c["runs"]), f"{c['median_abs_error']:.1%}",
                                          f"{c['worst_error']:+.1%}".replace("-", "−") + f" (`{c['worst_run']}`)"]
