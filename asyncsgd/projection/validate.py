@@ -72,6 +72,9 @@ def link_rate_bps(config: dict) -> Optional[float]:
     return None if math.isnan(mbit) else mbit * 1e6
 
 
+SETTING = ["backend", "model", "batch_size", "link", "world_size"]
+
+
 @dataclass
 class Validation:
     frame: pd.DataFrame  # one row per run
@@ -94,8 +97,18 @@ class Validation:
             "ranking_kept_up_to_noise": float(self.cells["ranking_kept_up_to_noise"].mean()) if len(self.cells) else math.nan,
         }
 
+    def settings(self) -> pd.DataFrame:
+        """Per setting (backend, model, batch, link, world size): runs, median and worst error."""
+        ok = self.frame[self.frame["predicted_ms"].notna()].assign(abs_error=lambda f: f["error"].abs())
+        rows = []
+        for key, cell in ok.groupby(SETTING, dropna=False):
+            worst = cell.loc[cell["abs_error"].idxmax()]
+            rows.append({**dict(zip(SETTING, key)), "runs": int(len(cell)),
+                         "median_abs_error": float(cell["abs_error"].median()),
+                         "worst_error": float(worst["error"]), "worst_run": str(worst["run"])})
+        return pd.DataFrame(rows, columns=[*SETTING, "runs", "median_abs_error", "worst_error", "worst_run"])
 
-SETTING = ["backend", "model", "batch_size", "link", "world_size"]
+
 
 
 def chosen_layout(strategy: dict, summary: Optional[dict]) -> dict:
@@ -292,6 +305,14 @@ def render(v: Validation, title: str) -> str:
                      house.format_number(r["ideal_ms"], "sig"),
                      f"{house.format_number(r['measured_comm_wait_ms'], 'sig')} / "
                      f"{house.format_number(r['predicted_comm_wait_ms'], 'sig')}"])
+    per = v.settings()
+    if len(per) > 1:
+        lines += ["## Per setting", "",
+                  house.markdown_table(["backend", "link", "batch", "workers", "runs", "median abs. error", "worst"],
+                                       [[str(c["backend"]), str(c["link"]), str(c["batch_size"]), str(c["world_size"]),
+                                         str(c["runs"]), f"{c['median_abs_error']:.1%}",
+                                         f"{c['worst_error']:+.1%}".replace("-", "−") + f" (`{c['worst_run']}`)"]
+                                        for _, c in per.iterrows()]), ""]
     lines += ["## Per run", "", house.markdown_table(headers, body), ""]
     if len(v.cells):
         lines += ["## Ranking of strategies per setting", "",

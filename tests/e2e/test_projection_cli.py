@@ -55,8 +55,11 @@ def test_profile_from_a_real_timeline_predicts_that_run(workdir):
 def test_measured_profile(workdir, capsys):
     from asyncsgd.projection.cli import profile
 
-    profile([*CNN, "--repeats", "3", "--warmup", "1", "--out", str(workdir / "m.json")])  # in this process
+    profile([*CNN, "--repeats", "3", "--warmup", "1", "--concurrent", "2",  # in this process, + 2 copies
+             "--out", str(workdir / "m.json")])
     assert "5 layers, 9.5 MB of gradients" in capsys.readouterr().out
     prof = load_profile(workdir / "m.json")
     assert prof.model == "cnn" and prof.batch_size == 8 and len(prof.layers) == 5
     assert prof.get("copy_s_per_byte") > 0 and prof.get("update_all_s") > 0
+    # the copies ran in lockstep (a barrier per iteration) to the end: a slowdown came back
+    assert set(prof.slowdown) == {1, 2} and 0.3 < prof.slowdown[2] < 20

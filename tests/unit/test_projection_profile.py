@@ -115,3 +115,18 @@ def test_fill_from_takes_updates_at_the_runs_memory_speed():
     # without a fused update in the run the base's per-layer updates come over as they are
     run.step = {}
     assert fill_from(run, base).layers[0].update_s == pytest.approx(3e-3)
+
+
+def test_slowdown_is_the_slowest_copy_of_each_iteration():
+    # 3 copies, alone 1 ms: in every iteration one of them takes 2 ms, a different one by turns.
+    # Each copy's own median (1.5, 1.75, 1.75 ms) says 1.75x; a data-parallel step waits for
+    # its slowest copy: 2x.
+    from asyncsgd.projection.measure import lockstep_slowdown
+
+    per_worker = [[1.5e-3] * 4, [1.5e-3, 1.5e-3, 2e-3, 2e-3], [2e-3, 2e-3, 1.5e-3, 1.5e-3]]
+    assert lockstep_slowdown(per_worker, 1e-3) == pytest.approx(2.0)
+    # a median over iterations: one outlier iteration does not move it
+    per_worker[0][3] = 9e-3
+    assert lockstep_slowdown(per_worker, 1e-3) == pytest.approx(2.0)
+    # copies that ran different numbers of iterations are compared over the ones all ran
+    assert lockstep_slowdown([[1e-3, 3e-3, 3e-3], [1.5e-3]], 1e-3) == pytest.approx(1.5)

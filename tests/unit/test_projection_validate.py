@@ -13,7 +13,7 @@ from asyncsgd.projection.network import Network
 from asyncsgd.projection.profile import profile_from_dict
 from asyncsgd.projection.presets import load_network
 from asyncsgd.projection.schedules import StrategySpec, layerwise_bound_for, predict
-from asyncsgd.projection.validate import _strategy_config, validate, validate_runs_csv
+from asyncsgd.projection.validate import _strategy_config, render, validate, validate_runs_csv
 
 from ..report_fixtures import make_run
 
@@ -147,3 +147,21 @@ def test_project_writes_tables_and_a_trace(capsys, tmp_path):
     trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     names = {e["name"] for e in trace if e.get("ph") == "X"}
     assert {"forward fc1", "backward fc2", "allreduce all", "wait all"} <= names
+
+
+def test_validation_summarises_each_setting(tmp_path):
+    prof = profile_from_dict(PROFILE)
+    for i, (link, measured) in enumerate([("1gbit", 0.013), ("1gbit", 0.015), ("300mbit", 0.02)]):
+        make_run(tmp_path / "sweep" / str(i), strategy={"name": "sync", "fuse": True}, median_iter_s=measured,
+                 batch_size=16, train={"max_steps": 10},
+                 extra_config={"launcher": {"name": "emulated"}, "cluster": {"bandwidth": link}})
+    v = validate([tmp_path / "sweep"], [prof], {"gloo": GLOO})
+    per = v.settings().set_index("link")
+    assert per.loc["1gbit", "runs"] == 2 and per.loc["300mbit", "runs"] == 1
+    fast = v.frame[v.frame["link"] == "1gbit"]
+    assert per.loc["1gbit", "median_abs_error"] == pytest.approx(fast["error"].abs().median())
+    worst = fast.loc[fast["error"].abs().idxmax()]
+    assert per.loc["1gbit", "worst_error"] == pytest.approx(worst["error"])
+    assert per.loc["1gbit", "worst_run"] == worst["run"]
+    text = render(v, "t")
+    assert "## Per setting" in text and f"{per.loc['300mbit', 'median_abs_error']:.1%}" in text
