@@ -116,7 +116,9 @@ class Compensation:
                 group["momentum"] = explicit_momentum(group["momentum"], self.k)
         self.base_lr = [group["lr"] for group in optimizer.param_groups]  # after the momentum rule
         if "spike" in self.rules:
-            self.weights_before: Dict[torch.nn.Parameter, torch.Tensor] = {p: torch.empty_like(p) for p in params}
+            # per group, its parameters' weights before the update (weight decay's w in d), then d itself
+            self.weights_before: List[List[torch.Tensor]] = [[torch.empty_like(p) for p in group["params"]]
+                                                             for group in optimizer.param_groups]
             self.spike_steps: List[Tuple[float, float]] = []  # (lr, b) per group for the update under way
         if "dc" in self.rules:
             self.dc_lambda, self.dc_adaptive, self.dc_beta = cfg.dc_lambda, cfg.dc_adaptive, cfg.dc_beta
@@ -171,12 +173,11 @@ class Compensation:
                 group["lr"] = lr / tau if tau > 0 else lr
         if "spike" in self.rules:
             self.spike_steps = []
-            for group in self.optimizer.param_groups:
+            for group, before in zip(self.optimizer.param_groups, self.weights_before):
                 a, b = spike_coefficients(group["momentum"], tau)
                 self.spike_steps.append((group["lr"], b))
                 group["lr"] *= a
-            for p, before in self.weights_before.items():  # weight decay's w in d = g + wd * w
-                before.copy_(p.data)
+                torch._foreach_copy_(before, [p.data for p in group["params"]])
 
     def after_update(self, applied: bool = True) -> None:
         """``spike``: the missed part, w -= lr * b * (g + wd * w_before), unless the update was skipped
@@ -184,12 +185,12 @@ class Compensation:
         most one update, after ``after_backward`` put w_t back; the drain at the end makes several,
         but predicts nothing after."""
         if "spike" in self.rules:
-            for group, (lr, b) in zip(self.optimizer.param_groups, self.spike_steps):
+            for group, before, (lr, b) in zip(self.optimizer.param_groups, self.weights_before, self.spike_steps):
                 group["lr"] = lr
-                if applied and b > 0:
-                    for p in group["params"]:  # d = g + wd * w_before, in the scratch w_before was kept in
-                        d = self.weights_before[p].mul_(group["weight_decay"]).add_(p.grad)
-                        p.data.add_(d, alpha=-lr * b)
+                if applied and b > 0:  # d = g + wd * w_before, made in w_before's scratch: one kernel per list
+                    torch._foreach_mul_(before, group["weight_decay"])
+                    torch._foreach_add_(before, [p.grad for p in group["params"]])
+                    torch._foreach_add_([p.data for p in group["params"]], before, alpha=-lr * b)
         if "predict" in self.rules:
             self._flatten(self.last_update, self._data()).sub_(self.true_weights)
 
