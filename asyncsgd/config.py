@@ -338,7 +338,7 @@ class LayerwiseConfig(StrategyConfig):
         _require(0 <= self.urgent_share < 1, f"strategy.urgent_share={self.urgent_share} must be in [0, 1)")
 
 
-COMPENSATIONS = ["momentum", "lr", "dc", "predict"]  # in the order they act within a step
+COMPENSATIONS = ["momentum", "lr", "spike", "dc", "predict"]  # in the order they act within a step
 
 
 def compensation_rules(spec: str) -> List[str]:
@@ -360,7 +360,7 @@ class DelayedConfig(StrategyConfig):
     k: int = 1  # steps of staleness: the gradient of step t is applied at step t+k
     drain: bool = True  # at the end, apply the k gradients still in flight
     # Staleness compensation (docs/convergence.md): none, or rules joined by +
-    # from momentum, lr, dc, predict (asyncsgd.strategies.compensation), e.g. lr+dc.
+    # from momentum, lr, spike, dc, predict (asyncsgd.strategies.compensation), e.g. spike+predict.
     compensation: str = "none"
     dc_lambda: float = 2.0  # dc: lambda_0 of DC-ASGD (2 with dc_adaptive, as in the paper; it used 0.04 without)
     dc_adaptive: bool = True  # dc: lambda = dc_lambda / sqrt(running mean of g*g) (DC-ASGD-a)

@@ -152,9 +152,9 @@ class StrategySpec:
 
 
 # Delayed's compensation rules that change no work of a step: ``momentum`` lowers the optimizer's
-# momentum (still > 0 at the usual settings: the same fused update), ``lr`` sets the learning rate per
-# step. ``dc`` and ``predict`` add passes over flat copies of the weights (asyncsgd/strategies/
-# compensation.py) whose cost no profile measures.
+# momentum and raises its lr (momentum still > 0 at the usual settings: the same fused update), ``lr``
+# sets the learning rate per step. ``spike``, ``dc`` and ``predict`` add passes over copies of the
+# weights (asyncsgd/strategies/compensation.py) whose cost no profile measures.
 FREE_COMPENSATIONS = ("momentum", "lr")
 
 

@@ -149,15 +149,16 @@ class Strategy(ABC):
         with self.timer.phase("comm_wait"), self.timeline.region(f"wait {label}"):
             handle.wait()
 
-    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None) -> None:
-        """Apply ``optimizer`` to the reduced gradient computed at step ``grad_step``."""
+    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None) -> bool:
+        """Apply ``optimizer`` to the reduced gradient computed at step ``grad_step``; False if skipped."""
         with self.timer.phase("update"), self.timeline.region(label):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             if not self._finite(params, grad_step):
-                return
+                return False
             if self.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
             optimizer.step()
+            return True
 
     @staticmethod
     def all_finite(tensors: List[torch.Tensor]) -> bool:

@@ -2,13 +2,29 @@
 
 Under delayed-k the gradient computed at step t, at weights w_t, is applied at
 step t+k to weights w_{t+k}. Its staleness, the number of updates applied in
-between, is tau_t = min(t, k). Four rules, any combination (``lr+dc``):
+between, is tau_t = min(t, k). Five rules, any combination (``spike+predict``):
 
 ``momentum``  Asynchrony acts as implicit momentum (Mitliagkas, Zhang, Hadjis,
               Re, "Asynchrony begets momentum", 2016): with a staleness of k
-              the update already carries a momentum of about k/(k+1). The
-              explicit momentum is lowered so the total stays what was asked:
-              mu_explicit = max(0, train.momentum - k/(k+1)).
+              the update already carries a momentum of about k/(k+1), so the
+              explicit momentum is lowered to
+              mu' = max(0, train.momentum - k/(k+1)). In that model the
+              implicit momentum comes with its own (1 - mu_implicit) factor on
+              the step; a *fixed* delay k adds none (it shifts the gradients,
+              it does not average them), so lowering mu alone would shrink the
+              effective step lr/(1-mu) (6x at mu=0.9, k=1, which is what the
+              study measured: -5.6 pp). The learning rate is therefore scaled
+              by (1-mu')/(1-train.momentum): the effective step stays the one
+              sync was tuned with, only its split between lr and mu changes.
+``spike``     Spike compensation (Kosson, Chiley, Venigalla, Hestness,
+              Koster, "Pipelined backpropagation at scale", MLSys 2021): with
+              heavy-ball momentum mu a gradient moves the weights by lr times
+              1, mu, mu^2, ... over the steps after it is computed; a gradient
+              that arrives tau steps late has missed the first tau of those.
+              It is applied as w -= lr * (a * v + b * d), v the momentum
+              buffer after the step, d = g + weight_decay * w, a = mu^tau,
+              b = 1 + mu + ... + mu^(tau-1): the missed part at once, the rest
+              as sync would. Each gradient's total effect stays lr/(1-mu).
 ``lr``        Staleness-aware learning rate (Zhang, Gupta, Lian, Liu, IJCAI
               2016): the gradient of staleness tau is applied with lr / tau
               (lr itself when tau = 0). With a fixed k that is lr / k once the
@@ -57,6 +73,18 @@ def explicit_momentum(momentum: float, k: int) -> float:
     return max(0.0, momentum - implicit_momentum(k))
 
 
+def momentum_rule_lr_scale(momentum: float, k: int) -> float:
+    """The ``momentum`` rule's factor on lr: keeps the effective step lr/(1-mu) when mu is lowered."""
+    if momentum >= 1.0:  # no finite effective step to keep
+        return 1.0
+    return (1.0 - explicit_momentum(momentum, k)) / (1.0 - momentum)
+
+
+def spike_coefficients(momentum: float, tau: int) -> Tuple[float, float]:
+    """``spike``: (a, b) for a gradient tau steps late; a*v + b*d replaces v in the update."""
+    return momentum ** tau, sum(momentum ** i for i in range(tau))
+
+
 def staleness(grad_step: int, k: int) -> int:
     """Updates applied between computing the gradient of ``grad_step`` and applying it."""
     return min(grad_step, k)
@@ -76,7 +104,6 @@ class Compensation:
         self.k = cfg.k
         self.params, self.optimizer = params, optimizer
         self._flatten, self._unflatten = flatten, unflatten
-        self.base_lr = [group["lr"] for group in optimizer.param_groups]
         numel = sum(p.numel() for p in params)
         like = params[0]
 
@@ -85,7 +112,14 @@ class Compensation:
 
         if "momentum" in self.rules:
             for group in optimizer.param_groups:
+                group["lr"] *= momentum_rule_lr_scale(group["momentum"], self.k)
                 group["momentum"] = explicit_momentum(group["momentum"], self.k)
+        self.base_lr = [group["lr"] for group in optimizer.param_groups]  # after the momentum rule
+        if "spike" in self.rules:
+            # per group, its parameters' weights before the update (weight decay's w in d), then d itself
+            self.weights_before: List[List[torch.Tensor]] = [[torch.empty_like(p) for p in group["params"]]
+                                                             for group in optimizer.param_groups]
+            self.spike_steps: List[Tuple[float, float]] = []  # (lr, b) per group for the update under way
         if "dc" in self.rules:
             self.dc_lambda, self.dc_adaptive, self.dc_beta = cfg.dc_lambda, cfg.dc_adaptive, cfg.dc_beta
             self.free: Deque[torch.Tensor] = deque(flat() for _ in range(self.k + 1))
@@ -132,15 +166,31 @@ class Compensation:
         self.free.append(then)
 
     def before_update(self, grad_step: int) -> None:
-        """``lr``: lr / staleness for this gradient."""
+        """``lr``: lr / staleness for this gradient; ``spike``: the optimizer's step scaled by a."""
+        tau = staleness(grad_step, self.k)
         if "lr" in self.rules:
-            tau = staleness(grad_step, self.k)
             for group, lr in zip(self.optimizer.param_groups, self.base_lr):
                 group["lr"] = lr / tau if tau > 0 else lr
+        if "spike" in self.rules:
+            self.spike_steps = []
+            for group, before in zip(self.optimizer.param_groups, self.weights_before):
+                a, b = spike_coefficients(group["momentum"], tau)
+                self.spike_steps.append((group["lr"], b))
+                group["lr"] *= a
+                torch._foreach_copy_(before, [p.data for p in group["params"]])
 
-    def after_update(self) -> None:
-        """``predict``: the update just made, w_{t+1} - w_t. A step makes at most one update, after
-        ``after_backward`` put w_t back; the drain at the end makes several, but predicts nothing after."""
+    def after_update(self, applied: bool = True) -> None:
+        """``spike``: the missed part, w -= lr * b * (g + wd * w_before), unless the update was skipped
+        (a non-finite gradient); ``predict``: the update just made, w_{t+1} - w_t. A step makes at
+        most one update, after ``after_backward`` put w_t back; the drain at the end makes several,
+        but predicts nothing after."""
+        if "spike" in self.rules:
+            for group, before, (lr, b) in zip(self.optimizer.param_groups, self.weights_before, self.spike_steps):
+                group["lr"] = lr
+                if applied and b > 0:  # d = g + wd * w_before, made in w_before's scratch: one kernel per list
+                    torch._foreach_mul_(before, group["weight_decay"])
+                    torch._foreach_add_(before, [p.grad for p in group["params"]])
+                    torch._foreach_add_([p.data for p in group["params"]], before, alpha=-lr * b)
         if "predict" in self.rules:
             self._flatten(self.last_update, self._data()).sub_(self.true_weights)
 

@@ -89,8 +89,8 @@ class DelayedStrategy(Strategy):
             self.stop_slot.deliver(float(queued.buffer[-1]))
         self.compensation.correct(queued.step, self.flat[:-1])  # in place: the gradients are its views
         self.compensation.before_update(queued.step)
-        self._update(self.optimizer, f"update with gradient of step {queued.step}", grad_step=queued.step)
-        self.compensation.after_update()
+        applied = self._update(self.optimizer, f"update with gradient of step {queued.step}", grad_step=queued.step)
+        self.compensation.after_update(applied)
         self.free.append(queued.buffer)
 
     def flush(self) -> None:

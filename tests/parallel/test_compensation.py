@@ -30,8 +30,11 @@ def reference_compensated(rules: Sequence[str], k: int, batch: int = 32, steps: 
     Data order and model as in helpers.reference_sgd. The gradient of step t is
     computed at w_t (or, with ``predict``, at w_t + k * (w_t - w_{t-1})) and
     applied at step t+k; its staleness is min(t, k).
-    - momentum: the optimizer's momentum is max(0, momentum - k/(k+1));
+    The update is heavy ball written out, v <- mu*v + d, w <- w - lr*v with
+    d = g + weight_decay*w (torch's SGD, dampening 0).
+    - momentum: mu = max(0, momentum - k/(k+1)) and lr scaled by (1 - mu)/(1 - momentum);
     - lr: that gradient is applied with lr / staleness (lr when the staleness is 0);
+    - spike: w <- w - lr*(a*v + b*d), a = mu**staleness, b = 1 + mu + ... + mu**(staleness-1);
     - dc: it is replaced by g + lambda * g*g * (w_now - w_at), lambda = dc_lambda, or with
       dc_adaptive dc_lambda / sqrt(m + eps), m <- beta*m + (1-beta)*g*g before use.
     """
@@ -47,7 +50,9 @@ def reference_compensated(rules: Sequence[str], k: int, batch: int = 32, steps: 
     model = build_model(MLPConfig(), data.input_shape, data.num_classes)
     params = list(model.parameters())
     mu = max(0.0, momentum - k / (k + 1)) if "momentum" in rules else momentum
-    opt = torch.optim.SGD(params, lr=lr, momentum=mu, weight_decay=weight_decay)
+    if "momentum" in rules:
+        lr = lr * (1 - mu) / (1 - momentum)
+    velocity = [torch.zeros_like(p) for p in params]
     last_update = [torch.zeros_like(p) for p in params]
     mean_square = [torch.zeros_like(p) for p in params]
     owed: List[tuple] = []  # (step, gradients, weights they were computed at)
@@ -65,11 +70,13 @@ def reference_compensated(rules: Sequence[str], k: int, batch: int = 32, steps: 
                     g = g + lam * g * g * (p - computed_at[i])
                 p.grad = g
             staleness = min(step, k)
-            opt.param_groups[0]["lr"] = lr / staleness if "lr" in rules and staleness > 0 else lr
-            before = [p.detach().clone() for p in params]
-            opt.step()
+            step_lr = lr / staleness if "lr" in rules and staleness > 0 else lr
+            a, b = (mu ** staleness, sum(mu ** i for i in range(staleness))) if "spike" in rules else (1.0, 0.0)
             for i, p in enumerate(params):
-                last_update[i] = p.detach() - before[i]
+                d = p.grad + weight_decay * p
+                velocity[i] = mu * velocity[i] + d
+                last_update[i] = -step_lr * (a * velocity[i] + b * d)
+                p.add_(last_update[i])
 
     for step, idx in enumerate(global_batches(len(x_all), batch, steps, seed)):
         true = [p.detach().clone() for p in params]
@@ -94,10 +101,10 @@ def _delayed(k: int, compensation: str, *extra: str) -> List[str]:
     return ["strategy=delayed", f"strategy.k={k}", f"strategy.compensation={compensation}", *extra]
 
 
-ALL = "momentum+lr+dc+predict"
+ALL = "momentum+lr+spike+dc+predict"
 
 
-@pytest.mark.parametrize("rules", ["momentum+lr", "dc+predict"])
+@pytest.mark.parametrize("rules", ["momentum+lr", "dc+predict", "spike+predict"])
 def test_rules_are_their_explicit_formulas_on_two_workers(workdir, rules):
     final = train_and_load(workdir, rules, ["backend=gloo", *_delayed(2, rules), *P2])
     assert max_relative_error(final, reference_compensated(rules.split("+"), k=2)) < TOL
@@ -112,18 +119,22 @@ def test_all_rules_on_mpi(workdir):
 
 
 def test_one_worker_with_a_fixed_dc_lambda_matches_the_same_reference(workdir):
-    """The reference is a global-batch computation: one worker with batch 32 must match it too."""
-    extra = ["strategy.dc_adaptive=false", "strategy.dc_lambda=0.5"]
+    """The reference is a global-batch computation: one worker with batch 32 must match it too.
+
+    lr 0.01: at k=1 the momentum rule turns lr 0.05 into 0.3 (mu 0.4, the same lr/(1-mu)), where
+    60 steps amplify a 1e-7 change of the initial weights to 1e-3, rounding included."""
+    extra = ["strategy.dc_adaptive=false", "strategy.dc_lambda=0.5", "train.lr=0.01"]
     final = train_and_load(workdir, "p1", ["backend=gloo", *_delayed(1, ALL, *extra), "world_size=1",
                                            "train.batch_size=32"])
-    assert max_relative_error(final, reference_compensated(ALL.split("+"), k=1, dc_adaptive=False,
+    assert max_relative_error(final, reference_compensated(ALL.split("+"), k=1, lr=0.01, dc_adaptive=False,
                                                            dc_lambda=0.5)) < TOL
 
 
 def test_reference_rules_reduce_to_plain_delayed_sgd_where_they_should():
-    """The reference itself: lr at k=1 and every rule at k=0 change nothing (cheap, single process)."""
+    """The reference itself: lr at k=1 and every rule at k=0 change nothing (cheap, single process).
+    Up to rounding: the reference writes heavy ball out, reference_sgd uses torch's SGD."""
     assert max_relative_error(reference_compensated(["lr"], k=1, steps=20),
-                              reference_sgd("mlp", batch=32, steps=20, k=1)) == 0
+                              reference_sgd("mlp", batch=32, steps=20, k=1)) < 1e-6
     assert max_relative_error(reference_compensated(ALL.split("+"), k=0, steps=20),
                               reference_sgd("mlp", batch=32, steps=20)) < 1e-6
 

@@ -53,7 +53,7 @@ CASES = [
     ("strategy=delayed strategy.drain=maybe", "strategy.drain='maybe' is not a valid bool"),
     ("strategy=ddp strategy.bucket_mb=0", "strategy.bucket_mb=0.0 must be > 0"),
     ("strategy=delayed strategy.compensation=nesterov",
-     "strategy.compensation='nesterov' is not allowed; use none or rules joined by + from momentum, lr, dc, predict"),
+     "strategy.compensation='nesterov' is not allowed; use none or rules joined by + from momentum, lr, spike, dc, predict"),
     ("strategy=delayed strategy.dc_lambda=-1", "strategy.dc_lambda=-1.0 must be >= 0"),
     ("strategy=delayed strategy.dc_beta=1", "strategy.dc_beta=1.0 must be in [0, 1)"),
     ("strategy=sync strategy.compensation=dc", "strategy.compensation is not a config key"),

@@ -22,6 +22,7 @@ CONFIGS = {
     "layerwise-step": LayerwiseConfig(wait_at="step"),
     "layerwise-priority": LayerwiseConfig(priority=True, chunk_mb=64 / 2**20),
     "delayed-2": DelayedConfig(k=2),
+    "delayed-2-spike": DelayedConfig(k=2, compensation="spike"),  # its own update after the optimizer's
 }
 
 
@@ -93,7 +94,7 @@ def test_layerwise_forward_saves_the_momentum_of_every_parameter(comm, priority)
     strategy.close()
 
 
-@pytest.mark.parametrize("name", ["sync", "layerwise-forward", "delayed-2"])
+@pytest.mark.parametrize("name", ["sync", "layerwise-forward", "delayed-2", "delayed-2-spike"])
 def test_nonfinite_gradient_skip_leaves_the_weights_and_counts(comm, name):
     strategy = make_strategy(CONFIGS[name], comm, PhaseTimer())
     strategy.nonfinite = "skip"

@@ -9,7 +9,7 @@ from torch import nn
 from asyncsgd.config import ConfigError, DelayedConfig, compensation_rules
 from asyncsgd.metrics import PhaseTimer
 from asyncsgd.strategies import make_strategy
-from asyncsgd.strategies.compensation import explicit_momentum, staleness
+from asyncsgd.strategies.compensation import explicit_momentum, momentum_rule_lr_scale, spike_coefficients, staleness
 
 
 def test_momentum_rule_keeps_the_total_momentum():
@@ -21,12 +21,32 @@ def test_momentum_rule_keeps_the_total_momentum():
     assert explicit_momentum(0.5, 1) == 0.0  # never negative
 
 
+@pytest.mark.parametrize("momentum, k", [(0.9, 0), (0.9, 1), (0.9, 2), (0.9, 4), (0.5, 1), (0.0, 2)])
+def test_momentum_rule_keeps_the_effective_step(momentum, k):
+    # a fixed delay adds no averaging: lowering mu without raising lr would shrink lr/(1-mu)
+    scale = momentum_rule_lr_scale(momentum, k)
+    assert scale / (1 - explicit_momentum(momentum, k)) == pytest.approx(1 / (1 - momentum))
+    assert momentum_rule_lr_scale(0.9, 1) == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("tau", [0, 1, 2, 4])
+def test_spike_keeps_each_gradients_total_effect(mu, tau):
+    """A gradient tau steps late moves w by lr*(b + a*(1 + mu + mu^2 + ...)) in all, as in sync: lr/(1-mu);
+    and from tau steps on by lr*mu^j exactly as sync's gradient does at its step tau+j."""
+    a, b = spike_coefficients(mu, tau)
+    assert b + a / (1 - mu) == pytest.approx(1 / (1 - mu))
+    assert a == pytest.approx(mu ** tau)
+    assert spike_coefficients(mu, 0) == (1.0, 0)  # no delay: the plain update
+
+
 def test_staleness_counts_the_updates_in_between():
     assert [staleness(t, 2) for t in range(5)] == [0, 1, 2, 2, 2]
 
 
 @pytest.mark.parametrize("spec, rules", [("none", []), ("dc", ["dc"]), ("predict+lr", ["lr", "predict"]),
-                                         ("dc+momentum+lr+predict", ["momentum", "lr", "dc", "predict"])])
+                                         ("dc+momentum+lr+predict", ["momentum", "lr", "dc", "predict"]),
+                                         ("predict+spike", ["spike", "predict"])])
 def test_compensation_spec(spec, rules):
     assert compensation_rules(spec) == rules
     assert DelayedConfig(compensation=spec).compensation == spec
@@ -35,7 +55,7 @@ def test_compensation_spec(spec, rules):
 @pytest.mark.parametrize("spec", ["nesterov", "dc+dc", "none+dc", "", "dc+"])
 def test_bad_compensation_names_the_key_and_the_choices(spec):
     with pytest.raises(ConfigError, match=r"strategy.compensation=.* use none or rules joined by \+ from momentum, lr, "
-                                          r"dc, predict"):
+                                          r"spike, dc, predict"):
         DelayedConfig(compensation=spec)
 
 
@@ -76,14 +96,14 @@ def _train(comm, cfg, steps=7, stop_after=None):
 
 def test_no_rule_adds_a_collective(comm):
     counting = CountingComm(comm)
-    _, strategy, _ = _train(counting, DelayedConfig(k=2, compensation="momentum+lr+dc+predict"))
+    _, strategy, _ = _train(counting, DelayedConfig(k=2, compensation="momentum+lr+spike+dc+predict"))
     strategy.finish()
     assert counting.calls == 7  # one reduction per step, as without compensation
 
 
 def test_state_round_trip_continues_exactly(comm):
     """Stop after 4 of 7 steps, copy model and strategy state into fresh ones, finish: same weights."""
-    cfg = DelayedConfig(k=2, compensation="momentum+lr+dc+predict")
+    cfg = DelayedConfig(k=2, compensation="momentum+lr+spike+dc+predict")
     whole, strategy, _ = _train(comm, cfg)
     strategy.finish()
 

@@ -28,6 +28,7 @@ VARIANTS = {  # variant -> (strategy name, the settings it fixes)
     "delayed_k4": ("delayed", {"k": 4, "compensation": "none"}),
     **{f"delayed_k{k}_{rule}": ("delayed", {"k": k, "compensation": rule})
        for k in (1, 2, 4) for rule in ("momentum", "lr", "dc", "predict") if (k, rule) != (1, "lr")},  # lr: no-op at k=1
+    **{f"delayed_k{k}_spike_predict": ("delayed", {"k": k, "compensation": "spike+predict"}) for k in (1, 2, 4)},
     "ddp": ("ddp", {}),
 }
 STRATEGY_VARIANTS = ["sync", "layerwise_forward", "layerwise_step", "delayed_k1", "delayed_k2", "ddp"]
