@@ -39,8 +39,9 @@ between, is tau_t = min(t, k). Five rules, any combination (``spike+predict``):
 ``predict``   Weight prediction (SpecTrain; PipeDream-2BW's idea): the
               gradient of step t is computed at the weights predicted for step
               t+k, w_t + k * (w_t - w_{t-1}), i.e. the last update repeated k
-              times (for SGD with momentum, w_t - k * lr * v). The true weights
-              are put back right after backward.
+              times (for SGD with momentum, w_t - k * lr * v; with ``spike``,
+              whose update is -lr * (a * v + b * d), that whole update k
+              times). The true weights are put back right after backward.
 
 Every rule reads only what is identical on every rank: the reduced gradient,
 the weights (identical updates keep them identical), k and the step. So every
@@ -116,6 +117,11 @@ class Compensation:
                 group["momentum"] = explicit_momentum(group["momentum"], self.k)
         self.base_lr = [group["lr"] for group in optimizer.param_groups]  # after the momentum rule
         if "spike" in self.rules:
+            for group in optimizer.param_groups:
+                # the missed momentum steps are heavy ball's: Nesterov, dampening or maximize change them
+                if group.get("nesterov") or group.get("dampening") or group.get("maximize"):
+                    raise ValueError("strategy.compensation=spike needs plain SGD with momentum "
+                                     "(no nesterov, dampening or maximize)")
             # per group, its parameters' weights before the update (weight decay's w in d), then d itself
             self.weights_before: List[List[torch.Tensor]] = [[torch.empty_like(p) for p in group["params"]]
                                                              for group in optimizer.param_groups]

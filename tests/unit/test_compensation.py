@@ -131,3 +131,15 @@ def test_a_checkpoint_of_other_rules_is_refused(comm):
     _, other, _ = _train(comm, DelayedConfig(k=1, compensation="predict"), stop_after=0)
     with pytest.raises(ValueError, match="compensation rules"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("setting", [{"nesterov": True}, {"dampening": 0.1}, {"maximize": True}])
+def test_spike_refuses_what_is_not_heavy_ball(setting):
+    # the missed momentum steps it applies at once are heavy ball's; these change them
+    from asyncsgd.strategies.compensation import Compensation
+
+    params = [nn.Parameter(torch.zeros(3))]
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, **setting)
+    with pytest.raises(ValueError, match="plain SGD with momentum"):
+        Compensation(DelayedConfig(k=1, compensation="spike"), params, optimizer, lambda out, ps: out,
+                     lambda flat, ps: None)
