@@ -199,12 +199,14 @@ def cluster_runs(slurm, tmp_path_factory):
     try:
         procs["sweep"] = _start("sweep", ["-m", *SUBMITIT, *RUN, "strategy=sync", f"backend={','.join(BACKENDS)}",
                                           "fault.rank=1", "fault.step=5,1000000", "checkpoint.every_steps=20",
-                                          f"hydra.sweep.dir={sweep}"], workdir, slurm)
+                                          # every checkpoint kept: on a quiet machine a gloo job passes step 60
+                                          # (where keep=2 would delete step 20's) between two polls below
+                                          "checkpoint.keep=1000", f"hydra.sweep.dir={sweep}"], workdir, slurm)
         procs["refused"] = _start("refused", ["launcher=external", "backend=gloo", "world_size=3",
                                               f"hydra.run.dir={workdir / 'refused'}"], workdir, slurm, srun_mpi=False)
         limited = workdir / "time-limit"
         limited_args = ["launcher=external", *RUN, "backend=gloo", "world_size=2", "strategy=sync",
-                        "checkpoint.every_steps=20", f"hydra.run.dir={limited}"]
+                        "checkpoint.every_steps=20", "checkpoint.keep=1000", f"hydra.run.dir={limited}"]
         script = workdir / "time-limit.sbatch"
         script.write_text(TIME_LIMIT_JOB.format(warn=WARN_S, out=workdir / "logs" / "time-limit.out",
                                                 command=" ".join([sys.executable, "-m", "asyncsgd.cli",
