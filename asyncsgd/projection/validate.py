@@ -109,8 +109,6 @@ class Validation:
         return pd.DataFrame(rows, columns=[*SETTING, "runs", "median_abs_error", "worst_error", "worst_run"])
 
 
-
-
 def chosen_layout(strategy: dict, summary: Optional[dict]) -> dict:
     """The strategy config with layerwise's ``bucket_mb=auto`` replaced by the layout the run kept
     (summary.json ``layout.auto.chosen``; null there means one bucket / chunks not cut)."""
@@ -299,7 +297,7 @@ def render(v: Validation, title: str) -> str:
     for _, r in f.iterrows():
         body.append([str(r["backend"]), str(r["link"]), str(r["batch_size"]), str(r["world_size"]), str(r["strategy"]),
                      house.format_number(r["measured_ms"], "sig"), house.format_number(r["predicted_ms"], "sig"),
-                     "—" if not math.isfinite(r["error"]) else f"{r['error']:+.1%}".replace("-", "−"),
+                     house.format_number(r["error"], "+.1%"),
                      f"{house.format_number(r['measured_median_ms'], 'sig')} / "
                      f"{house.format_number(r['predicted_median_ms'], 'sig')}",
                      house.format_number(r["ideal_ms"], "sig"),
@@ -311,7 +309,7 @@ def render(v: Validation, title: str) -> str:
                   house.markdown_table(["backend", "link", "batch", "workers", "runs", "median abs. error", "worst"],
                                        [[str(c["backend"]), str(c["link"]), str(c["batch_size"]), str(c["world_size"]),
                                          str(c["runs"]), f"{c['median_abs_error']:.1%}",
-                                         f"{c['worst_error']:+.1%}".replace("-", "−") + f" (`{c['worst_run']}`)"]
+                                         f"{house.format_number(c['worst_error'], '+.1%')} (`{c['worst_run']}`)"]
                                         for _, c in per.iterrows()]), ""]
     lines += ["## Per run", "", house.markdown_table(headers, body), ""]
     if len(v.cells):
