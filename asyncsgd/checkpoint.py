@@ -39,10 +39,12 @@ _NAME = re.compile(r"^step-(\d+)\.pt$")
 # refused unless resume.allow_changes=true; STRUCTURAL ones are refused even then:
 # per-rank RNG states and shards need the same world size, the data position counts
 # batches of one size, parameters and optimizer/bucket layouts must fit the model.
-MEANING = ["world_size", "seed", "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
-           "train.grad_clip_norm", "model.", "strategy.", "dataset."]
+MEANING = ["world_size", "seed", "train.batch_size", "train.lr", "train.lr_schedule", "train.lr_warmup_steps",
+           "train.momentum", "train.weight_decay", "train.grad_clip_norm", "model.", "strategy.", "dataset."]
 STRUCTURAL = ["world_size", "train.batch_size", "model.", "strategy.name", "strategy.wait_at", "strategy.bucket_mb",
               "strategy.split_mb"]
+# with a learning-rate schedule other than constant these change the rate of every step to come
+SCHEDULE_LENGTH = ["train.epochs", "train.max_steps"]
 # dataset keys that say where/how fast data is read, not which data
 _NOT_MEANING = {"dataset.root", "dataset.workers", "dataset.download", "dataset.target_acc", "dataset.test_subset"}
 
@@ -144,6 +146,8 @@ def config_differences(saved: dict, current: dict) -> List[str]:
     """Meaning-bearing keys that differ, as ``key: saved -> current``."""
     a, b = _flatten(saved), _flatten(current)
     keys = sorted(k for k in set(a) | set(b) if _matches(k, MEANING) and k not in _NOT_MEANING)
+    if {a.get("train.lr_schedule", "constant"), b.get("train.lr_schedule", "constant")} != {"constant"}:
+        keys += SCHEDULE_LENGTH  # a schedule's rates depend on the run's length
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 

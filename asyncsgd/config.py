@@ -18,6 +18,7 @@ from omegaconf import MISSING, OmegaConf
 
 from .errors import ConfigError  # defined below everything that raises it; importable from here as before
 from .launch.link import LinkSpec
+from .lr_schedule import LR_SCHEDULES
 
 
 def _require(ok: bool, message: str) -> None:
@@ -454,6 +455,10 @@ class TrainConfig:
     epochs: int = 1
     max_steps: Optional[int] = None  # stop after this many steps in total, whatever the epochs
     lr: float = 0.05
+    # constant, or cosine: lr * (1 + cos(pi * step / total_steps)) / 2 for the gradient of each step
+    # (asyncsgd.lr_schedule), whichever step the strategy applies it at
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0  # the rate ramps up linearly over these first steps (Goyal et al. 2017)
     momentum: float = 0.0
     weight_decay: float = 0.0
     threads: Optional[int] = None  # torch threads per worker; null = cores // workers on this host
@@ -486,6 +491,8 @@ class TrainConfig:
         _one_of("train.nonfinite", self.nonfinite, NONFINITE)
         _require(self.eval_every_steps >= 0, f"train.eval_every_steps={self.eval_every_steps} must be >= 0")
         _one_of("train.on_collapse", self.on_collapse, ON_COLLAPSE)
+        _one_of("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _require(self.lr_warmup_steps >= 0, f"train.lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
 
 
 @dataclass

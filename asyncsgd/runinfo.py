@@ -66,6 +66,8 @@ def base_summary(cfg: Config, world_size: Optional[int] = None) -> Dict[str, Any
         "epochs": cfg.train.epochs,
         "max_steps": cfg.train.max_steps,
         "lr": cfg.train.lr,
+        "lr_schedule": cfg.train.lr_schedule,
+        "lr_warmup_steps": cfg.train.lr_warmup_steps,
         "momentum": cfg.train.momentum,
         "weight_decay": cfg.train.weight_decay,
         "seed": cfg.seed,

@@ -25,6 +25,7 @@ from .comm import Communicator
 from .config import Config
 from .data import load_dataset, make_eval_loader, make_train_loader
 from .io import atomic_torch_save
+from .lr_schedule import make_lr_schedule
 from .metrics import MetricsLog, PhaseTimer
 from .models import average_buffers, build_model, count_parameters, loss_and_logits
 from .runinfo import base_summary, update_summary
@@ -64,6 +65,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
     total_steps = len(loader) * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
+    strategy.lr_schedule = make_lr_schedule(cfg.train.lr_schedule, total_steps, cfg.train.lr_warmup_steps)
 
     tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer)
     tracker.watch_collapse(chance_loss(data.num_classes, cfg.model), steps_per_epoch=len(loader))
@@ -107,7 +109,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
                 with timer.phase("update"):
                     strategy.step()
 
-                tracker.iteration(step, epoch, loss_value, out, y, strategy.lr, timer.pop(), time.perf_counter() - t0,
+                tracker.iteration(step, epoch, loss_value, out, y, strategy.lr_at(step), timer.pop(), time.perf_counter() - t0,
                                   strategy.skipped)
                 step += 1
                 batch_index += 1

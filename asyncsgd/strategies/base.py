@@ -29,14 +29,16 @@ step issues no collective the algorithm does not need.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 import math
 import time
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
 import torch
 from torch import nn
 
 from ..comm import Communicator, Handle
+from ..lr_schedule import LrSchedule, constant
 from ..metrics import PhaseTimer
 from ..stopping import StopFlagSlot
 from ..timeline import Timeline
@@ -71,6 +73,9 @@ class Strategy(ABC):
         self.nonfinite = "stop"  # train.nonfinite: stop | skip
         self.skipped = 0  # updates skipped because their gradient was not finite
         self.steps_done = 0  # step() calls, to name the step of a bad gradient
+        # train.lr's factor for the gradient of a step (asyncsgd.lr_schedule); the optimizers keep
+        # the unscheduled rate, scaled only while a gradient is applied (_scheduled_lr)
+        self.lr_schedule: LrSchedule = constant
         # An element of a reduction this strategy makes anyway that carries the stop flag;
         # None: asyncsgd.stopping makes a reduction of its own for it.
         self.stop_slot: Optional[StopFlagSlot] = None
@@ -149,8 +154,30 @@ class Strategy(ABC):
         with self.timer.phase("comm_wait"), self.timeline.region(f"wait {label}"):
             handle.wait()
 
-    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None) -> bool:
-        """Apply ``optimizer`` to the reduced gradient computed at step ``grad_step``; False if skipped."""
+    @contextmanager
+    def _scheduled_lr(self, optimizer: torch.optim.Optimizer, grad_step: Optional[int]) -> Iterator[None]:
+        """Within: ``optimizer``'s rates scaled for the gradient of ``grad_step``; after: as they were
+        (checkpoints and resume see the configured rate; the schedule needs no state)."""
+        factor = 1.0 if grad_step is None else self.lr_schedule(grad_step)
+        if factor == 1.0:
+            yield
+            return
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        try:
+            yield
+        finally:
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate
+
+    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None,
+                scheduled: bool = False) -> bool:
+        """Apply ``optimizer`` to the reduced gradient computed at step ``grad_step``; False if skipped.
+        ``scheduled``: the caller already holds ``_scheduled_lr`` for it."""
+        if not scheduled:
+            with self._scheduled_lr(optimizer, grad_step):
+                return self._update(optimizer, label, grad_step, scheduled=True)
         with self.timer.phase("update"), self.timeline.region(label):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             if not self._finite(params, grad_step):
@@ -206,9 +233,9 @@ class Strategy(ABC):
         waiting earlier than the strategy itself would (see asyncsgd.stopping)."""
         return 1
 
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+    def lr_at(self, grad_step: int) -> float:
+        """The rate the gradient of ``grad_step`` is applied with (before any compensation rule)."""
+        return float(self.optimizer.param_groups[0]["lr"]) * self.lr_schedule(grad_step)
 
     @staticmethod
     def _flatten_into(buffer: torch.Tensor, tensors: List[torch.Tensor]) -> torch.Tensor:

@@ -115,7 +115,9 @@ class Compensation:
             for group in optimizer.param_groups:
                 group["lr"] *= momentum_rule_lr_scale(group["momentum"], self.k)
                 group["momentum"] = explicit_momentum(group["momentum"], self.k)
-        self.base_lr = [group["lr"] for group in optimizer.param_groups]  # after the momentum rule
+        # the rates before_update found (the configured rate, after the momentum rule and the
+        # learning-rate schedule), put back by after_update
+        self.rates: List[float] = []
         if "spike" in self.rules:
             for group in optimizer.param_groups:
                 # the missed momentum steps are heavy ball's: Nesterov, dampening or maximize change them
@@ -174,9 +176,10 @@ class Compensation:
     def before_update(self, grad_step: int) -> None:
         """``lr``: lr / staleness for this gradient; ``spike``: the optimizer's step scaled by a."""
         tau = staleness(grad_step, self.k)
-        if "lr" in self.rules:
-            for group, lr in zip(self.optimizer.param_groups, self.base_lr):
-                group["lr"] = lr / tau if tau > 0 else lr
+        self.rates = [group["lr"] for group in self.optimizer.param_groups]
+        if "lr" in self.rules and tau > 0:
+            for group in self.optimizer.param_groups:
+                group["lr"] /= tau
         if "spike" in self.rules:
             self.spike_steps = []
             for group, before in zip(self.optimizer.param_groups, self.weights_before):
@@ -192,11 +195,12 @@ class Compensation:
         but predicts nothing after."""
         if "spike" in self.rules:
             for group, before, (lr, b) in zip(self.optimizer.param_groups, self.weights_before, self.spike_steps):
-                group["lr"] = lr
                 if applied and b > 0:  # d = g + wd * w_before, made in w_before's scratch: one kernel per list
                     torch._foreach_mul_(before, group["weight_decay"])
                     torch._foreach_add_(before, [p.grad for p in group["params"]])
                     torch._foreach_add_([p.data for p in group["params"]], before, alpha=-lr * b)
+        for group, rate in zip(self.optimizer.param_groups, self.rates):
+            group["lr"] = rate
         if "predict" in self.rules:
             self._flatten(self.last_update, self._data()).sub_(self.true_weights)
 

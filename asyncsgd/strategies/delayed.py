@@ -88,9 +88,12 @@ class DelayedStrategy(Strategy):
         if queued.carries_flag:
             self.stop_slot.deliver(float(queued.buffer[-1]))
         self.compensation.correct(queued.step, self.flat[:-1])  # in place: the gradients are its views
-        self.compensation.before_update(queued.step)
-        applied = self._update(self.optimizer, f"update with gradient of step {queued.step}", grad_step=queued.step)
-        self.compensation.after_update(applied)
+        # the compensation rules scale the scheduled rate (spike's missed part included)
+        with self._scheduled_lr(self.optimizer, queued.step):
+            self.compensation.before_update(queued.step)
+            applied = self._update(self.optimizer, f"update with gradient of step {queued.step}",
+                                   grad_step=queued.step, scheduled=True)
+            self.compensation.after_update(applied)
         self.free.append(queued.buffer)
 
     def flush(self) -> None:

@@ -382,7 +382,7 @@ class LayerwiseStrategy(Strategy):
                 self._nonfinite_late(job.step, bucket)
                 continue
             with self.timer.phase("update"), self.timeline.region(f"update {chunk.label}"):
-                self._sgd(piece, firsts)
+                self._sgd(piece, firsts, self.lr_schedule(job.step))
 
     def _read_flags(self, step: int, flags: torch.Tensor) -> None:
         """The first bucket of ``step``: did any rank ask to stop, or have a non-finite gradient?"""
@@ -414,8 +414,9 @@ class LayerwiseStrategy(Strategy):
             self._warn(f"step {step}: a non-finite gradient was found in {bucket.label} after layers of that step "
                        "had been updated; the rest of the step is skipped")
 
-    def _sgd(self, piece: _Piece, firsts: Dict[nn.Parameter, bool]) -> None:
-        """SGD's element-wise update of ``piece`` (torch.optim.SGD's arithmetic, fused kernel)."""
+    def _sgd(self, piece: _Piece, firsts: Dict[nn.Parameter, bool], lr_factor: float) -> None:
+        """SGD's element-wise update of ``piece`` (torch.optim.SGD's arithmetic, fused kernel), with the
+        rate scheduled for the step its gradient was computed at."""
         group = self.optimizer.param_groups[0]
         momentum = group["momentum"]
         bufs = []
@@ -427,7 +428,7 @@ class LayerwiseStrategy(Strategy):
                 bufs.append(state["momentum_buffer"].view(-1)[self._offset(view, owner): self._offset(view, owner)
                                                               + view.numel()].view_as(view))
         torch._fused_sgd_(
-            piece.params, piece.grads, bufs, weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+            piece.params, piece.grads, bufs, weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"] * lr_factor,
             dampening=group["dampening"], nesterov=group["nesterov"], maximize=group.get("maximize", False),
             is_first_step=firsts[piece.owners[0]], grad_scale=self._grad_scale,
         )

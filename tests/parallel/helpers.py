@@ -1,6 +1,7 @@
 """Run real multi-process training through the CLI and compare final parameters."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -40,14 +41,15 @@ def global_batches(n: int, batch: int, steps: int, seed: int) -> Iterator[torch.
 
 
 def reference_sgd(model_name: str, batch: int, steps: int, lr=0.05, momentum=0.9, weight_decay=0.001, seed=3,
-                  k: int = 0, drain: bool = True) -> Dict[str, torch.Tensor]:
+                  k: int = 0, drain: bool = True, cosine: bool = False) -> Dict[str, torch.Tensor]:
     """Plain single-process SGD on digits, written out here to pin the semantics down.
 
     Global batches are consecutive slices of ``randperm(n)`` seeded with seed+epoch
     (incomplete tail dropped). With ``k`` > 0 it is delayed SGD: the gradient
     computed at step t (at the weights of step t) is applied at step t+k; steps
     0..k-1 apply nothing; at the end the k gradients still owed are applied if
-    ``drain``.
+    ``drain``. ``cosine``: the gradient of step t is applied with
+    lr * (1 + cos(pi * t / steps)) / 2, whenever it is applied.
     """
     import torch.nn.functional as F
 
@@ -62,17 +64,20 @@ def reference_sgd(model_name: str, batch: int, steps: int, lr=0.05, momentum=0.9
     model = build_model(model_cfg, data.input_shape, data.num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     params = list(model.parameters())
-    owed: List[List[torch.Tensor]] = []
-    for idx in global_batches(len(x_all), batch, steps, seed):
+    owed: List[tuple] = []  # (step, gradients)
+
+    def apply(step: int, grads: List[torch.Tensor]) -> None:
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.param_groups[0]["lr"] = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) if cosine else 1.0)
+        opt.step()
+
+    for step, idx in enumerate(global_batches(len(x_all), batch, steps, seed)):
         model.zero_grad()
         F.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
-        owed.append([p.grad.clone() for p in params])
+        owed.append((step, [p.grad.clone() for p in params]))
         if len(owed) > k:
-            for p, g in zip(params, owed.pop(0)):
-                p.grad = g
-            opt.step()
+            apply(*owed.pop(0))
     while drain and owed:
-        for p, g in zip(params, owed.pop(0)):
-            p.grad = g
-        opt.step()
+        apply(*owed.pop(0))
     return {k_: v.detach().clone() for k_, v in model.state_dict().items()}

@@ -7,6 +7,7 @@ every rank applied the same compensated update, decided on reduced quantities.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Sequence
 
 import pytest
@@ -24,7 +25,7 @@ DC_EPS = 1e-7
 
 def reference_compensated(rules: Sequence[str], k: int, batch: int = 32, steps: int = 60, lr=0.05, momentum=0.9,
                           weight_decay=0.001, seed=3, dc_lambda=2.0, dc_adaptive=True,
-                          dc_beta=0.95) -> Dict[str, torch.Tensor]:
+                          dc_beta=0.95, cosine: bool = False) -> Dict[str, torch.Tensor]:
     """Delayed-k SGD on digits (MLP) with the named compensation rules, written out.
 
     Data order and model as in helpers.reference_sgd. The gradient of step t is
@@ -37,6 +38,8 @@ def reference_compensated(rules: Sequence[str], k: int, batch: int = 32, steps: 
     - spike: w <- w - lr*(a*v + b*d), a = mu**staleness, b = 1 + mu + ... + mu**(staleness-1);
     - dc: it is replaced by g + lambda * g*g * (w_now - w_at), lambda = dc_lambda, or with
       dc_adaptive dc_lambda / sqrt(m + eps), m <- beta*m + (1-beta)*g*g before use.
+    ``cosine``: lr (after the momentum rule) times (1 + cos(pi * t / steps)) / 2 for the gradient of
+    step t, under every rule (spike's missed part included).
     """
     import torch.nn.functional as F
 
@@ -70,7 +73,8 @@ def reference_compensated(rules: Sequence[str], k: int, batch: int = 32, steps: 
                     g = g + lam * g * g * (p - computed_at[i])
                 p.grad = g
             staleness = min(step, k)
-            step_lr = lr / staleness if "lr" in rules and staleness > 0 else lr
+            step_lr = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) if cosine else 1.0)
+            step_lr = step_lr / staleness if "lr" in rules and staleness > 0 else step_lr
             a, b = (mu ** staleness, sum(mu ** i for i in range(staleness))) if "spike" in rules else (1.0, 0.0)
             for i, p in enumerate(params):
                 d = p.grad + weight_decay * p
@@ -110,6 +114,16 @@ def test_rules_are_their_explicit_formulas_on_two_workers(workdir, rules):
     assert max_relative_error(final, reference_compensated(rules.split("+"), k=2)) < TOL
     # and the rules do something: the result is not plain delayed-2 SGD
     assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60, k=2)) > 1e-3
+
+
+def test_rules_under_a_cosine_schedule_scale_the_scheduled_rate(workdir):
+    """lr, spike (its missed part too) and predict apply the rate scheduled for the gradient's own
+    step, K steps before it is applied; the rules' own scaling is put back after each update."""
+    rules = "lr+spike+predict"
+    final = train_and_load(workdir, "cosine", ["backend=gloo", *_delayed(2, rules), *P2,
+                                               "train.lr_schedule=cosine"])
+    assert max_relative_error(final, reference_compensated(rules.split("+"), k=2, cosine=True)) < TOL
+    assert max_relative_error(final, reference_compensated(rules.split("+"), k=2)) > 1e-2
 
 
 @needs_mpi

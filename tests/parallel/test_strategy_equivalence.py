@@ -105,6 +105,18 @@ def test_delayed_k0_is_sync(workdir, backend):
     assert max_relative_error(final, reference_sgd("mlp", batch=32, steps=60)) < TOL
 
 
+@pytest.mark.parametrize("strategy, k", [(["strategy=sync"], 0),
+                                         (["strategy=layerwise", *SCHEDULES["priority"]], 0),
+                                         (["strategy=delayed", "strategy.k=2"], 2)])
+def test_cosine_schedule_applies_each_gradient_with_its_own_steps_rate(workdir, strategy, k):
+    # layerwise applies a gradient at the next step's forward and delayed K steps later: each with the
+    # rate of the step it was computed at, so layerwise stays sequential SGD under the schedule
+    final = train_and_load(workdir, "cos", ["backend=gloo", "model=lenet", *strategy, *P2,
+                                            "train.lr_schedule=cosine"])
+    assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60, k=k, cosine=True)) < TOL
+    assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60, k=k)) > 1e-2
+
+
 def test_ddp_equals_sync(workdir):
     ddp = train_and_load(workdir, "ddp", ["backend=gloo", "strategy=ddp", *P2])
     sync = train_and_load(workdir, "sync", ["backend=gloo", "strategy=sync", *P2])

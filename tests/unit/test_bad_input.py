@@ -72,6 +72,8 @@ CASES = [
     ("train.measure_comm=maybe", "train.measure_comm='maybe' is not a valid bool"),
     ("train.nonfinite=ignore", "train.nonfinite='ignore' is not allowed; choose one of stop, skip"),
     ("train.on_collapse=ignore", "train.on_collapse='ignore' is not allowed; choose one of warn, stop"),
+    ("train.lr_schedule=step", "train.lr_schedule='step' is not allowed; choose one of constant, cosine"),
+    ("train.lr_warmup_steps=-1", "train.lr_warmup_steps=-1 must be >= 0"),
     ("train.eval_every_steps=-1", "train.eval_every_steps=-1 must be >= 0"),
     # fault, checkpoint, resume
     ("fault.step=-1", "fault.step=-1 must be >= 0"),

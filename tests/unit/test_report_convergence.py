@@ -98,3 +98,16 @@ def test_verdicts_name_the_best_delayed_variant_and_each_target():
     compensated = {line.split("`")[1]: line for line in lines if "vs plain delayed K=1" in line}
     assert compensated["dc"].endswith("not worse: met") and compensated["momentum"].endswith("not worse: **missed**")
     assert not any("ratio" in line for line in verdicts(table, "loopback"))  # the speed target is the links'
+
+
+def test_the_best_variant_is_the_first_to_the_target_among_those_that_keep_the_accuracy():
+    rows = [("sync", 0.880, 10.0), ("delayed(k=1, compensation=dc)", 0.879, 9.0),  # most accurate, slower
+            ("delayed(k=1, compensation=predict)", 0.876, 7.0),  # within 0.5 pp and first: the pick
+            ("delayed(k=1, compensation=none)", 0.870, 6.0),  # first of all, but 1 pp below sync
+            ("delayed(k=2, compensation=none)", 0.860, 6.0), ("delayed(k=2, compensation=dc)", 0.868, 8.0)]
+    table = pd.DataFrame([{"strategy": s, "world_size": 2, "runs": 3, "test_acc": a, "time_to_target_s": t,
+                           "ttt_speedup": 10.0 / t, "speedup_vs_baseline": 1.5} for s, a, t in rows])
+    lines = verdicts(table, "loopback")
+    assert "`delayed(k=1, compensation=predict)` ends at 87.60%" in lines[0]
+    # none within 0.5 pp at K=2: the most accurate is named, and the target is missed
+    assert "`delayed(k=2, compensation=dc)` ends at 86.80%" in lines[1] and "**missed**" in lines[1]
