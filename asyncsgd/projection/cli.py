@@ -261,7 +261,8 @@ def _validate(argv: List[str]) -> None:
     s = result.summary()
     print(f"{s['predicted']} of {s['runs']} runs predicted: median |error| {s['median_abs_error']:.1%}, "
           f"worst {s['worst_error']:+.1%} ({s['worst_run']}); ranking kept in {s['ranking_kept']:.0%} of "
-          f"{s['cells']} settings ({s['ranking_kept_up_to_noise']:.0%} up to noise)")
+          f"{s['cells']} settings ({s['ranking_kept_up_to_noise']:.0%} up to noise)"
+          + (f"; repeat noise floor {s['noise_floor']:.1%}" if s["noise_repeat_runs"] else ""))
     if args.out:
         print(f"report: {write(result, args.out)}")
 

@@ -95,6 +95,7 @@ class Validation:
             "cells": int(len(self.cells)),
             "ranking_kept": float(self.cells["ranking_kept"].mean()) if len(self.cells) else math.nan,
             "ranking_kept_up_to_noise": float(self.cells["ranking_kept_up_to_noise"].mean()) if len(self.cells) else math.nan,
+            **{f"noise_{k}": v for k, v in repeat_noise(ok).items()},
         }
 
     def settings(self) -> pd.DataFrame:
@@ -107,6 +108,34 @@ class Validation:
                          "median_abs_error": float(cell["abs_error"].median()),
                          "worst_error": float(worst["error"]), "worst_run": str(worst["run"])})
         return pd.DataFrame(rows, columns=[*SETTING, "runs", "median_abs_error", "worst_error", "worst_run"])
+
+
+def repeat_noise(frame: pd.DataFrame) -> Dict[str, float]:
+    """How well a run's own repeats predict it: the floor under any model's error on these runs.
+
+    Each run of a (setting, strategy) with repeats is predicted by the mean of its other repeats
+    (leave-one-out); ``loo`` is the median absolute relative error of that, as ``error`` is
+    computed. Even a model that knew each setting's true mean iteration time would miss by the
+    runs' own scatter: for n repeats with independent Gaussian scatter sigma, the leave-one-out
+    error has the scale sigma * sqrt(n / (n - 1)) and the true mean's error sigma, so
+    ``floor`` = the median over runs of |leave-one-out error| * sqrt((n - 1) / n) estimates the
+    median absolute error of that perfect model."""
+    ok = frame[frame["measured_ms"].notna()]
+    errors, scaled = [], []
+    for _, cell in ok.groupby([*SETTING, "strategy"], dropna=False):
+        n = len(cell)
+        if n < 2:
+            continue
+        values = cell["measured_ms"].to_numpy(dtype=float)
+        for i, x in enumerate(values):
+            others = (values.sum() - x) / (n - 1)
+            e = abs(others / x - 1.0)
+            errors.append(e)
+            scaled.append(e * math.sqrt((n - 1) / n))
+    if not errors:
+        return {"repeat_runs": 0, "loo": math.nan, "floor": math.nan}
+    return {"repeat_runs": len(errors), "loo": float(pd.Series(errors).median()),
+            "floor": float(pd.Series(scaled).median())}
 
 
 def chosen_layout(strategy: dict, summary: Optional[dict]) -> dict:
@@ -291,6 +320,12 @@ def render(v: Validation, title: str) -> str:
              "where iterations alternate long and short (two reductions sharing gloo's two channels), and a "
              "median of an alternating series picks one kind. Ideal: the bound of the strategy's dependencies.",
              "", f"Median absolute error of the median iteration: {s['median_abs_median_error']:.1%}.", ""]
+    if s["noise_repeat_runs"]:
+        lines += [f"Repeat noise: the mean of a run's other repeats (same setting and strategy) predicts it within "
+                  f"{s['noise_loo']:.1%} (median absolute error over {s['noise_repeat_runs']} runs with repeats); "
+                  f"a model that knew each setting's true mean iteration time would score about "
+                  f"{s['noise_floor']:.1%} on these runs (that error scaled by sqrt((n-1)/n) for n repeats, "
+                  "Gaussian scatter assumed): the floor under the model's median error here.", ""]
     headers = ["backend", "link", "batch", "workers", "strategy", "measured (ms)", "predicted (ms)", "error",
                "median measured / predicted (ms)", "ideal (ms)", "comm wait measured / predicted (ms)"]
     body = []

@@ -59,6 +59,8 @@ import torch
 from ..config import compensation_rules
 
 DC_EPS = 1e-7  # keeps lambda finite where g has always been 0 (DC-ASGD's epsilon)
+# what a checkpoint's compensation state means: 2 = the momentum rule keeps lr/(1-mu) (2026-11-30)
+RULES_VERSION = 2
 
 Flatten = Callable[[torch.Tensor, List[torch.Tensor]], torch.Tensor]
 Unflatten = Callable[[torch.Tensor, List[torch.Tensor]], None]
@@ -209,7 +211,7 @@ class Compensation:
 
     # -- checkpoint -------------------------------------------------------------
     def state_dict(self) -> Dict[str, object]:
-        state: Dict[str, object] = {"rules": list(self.rules)}
+        state: Dict[str, object] = {"rules": list(self.rules), "version": RULES_VERSION}
         if "dc" in self.rules:
             state["dc_steps"] = [step for step, _ in self.computed_at]
             state["dc_weights"] = [w.clone() for _, w in self.computed_at]
@@ -223,6 +225,12 @@ class Compensation:
         if list(state.get("rules", [])) != list(self.rules):
             raise ValueError(f"checkpoint was written with strategy.compensation rules {state.get('rules')}, "
                              f"this run has {list(self.rules)}")
+        if "momentum" in self.rules and int(state.get("version", 1)) < 2:
+            # version 1 applied mu' with the configured lr, a six-fold smaller step at K=1: resuming
+            # under today's rule would change the run's arithmetic halfway without a word
+            raise ValueError("checkpoint was written by the strategy.compensation=momentum rule of before "
+                             "2026-11-30, which did not keep lr/(1-mu); this version would continue it "
+                             "with another update rule: start the run again")
         if "dc" in self.rules:
             self.free.extend(w for _, w in self.computed_at)
             self.computed_at.clear()

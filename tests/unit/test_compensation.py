@@ -143,3 +143,17 @@ def test_spike_refuses_what_is_not_heavy_ball(setting):
     with pytest.raises(ValueError, match="plain SGD with momentum"):
         Compensation(DelayedConfig(k=1, compensation="spike"), params, optimizer, lambda out, ps: out,
                      lambda flat, ps: None)
+
+
+def test_a_checkpoint_of_the_old_momentum_rule_is_refused(comm):
+    # before version 2 the momentum rule did not keep lr/(1-mu): continuing it would change the math
+    _, strategy, _ = _train(comm, DelayedConfig(k=1, compensation="momentum"), stop_after=3)
+    strategy.flush()
+    state = strategy.state_dict()
+    assert state["compensation"]["version"] == 2
+    _, same, _ = _train(comm, DelayedConfig(k=1, compensation="momentum"), stop_after=0)
+    same.load_state_dict(state)  # today's checkpoint resumes
+    del state["compensation"]["version"]
+    _, other, _ = _train(comm, DelayedConfig(k=1, compensation="momentum"), stop_after=0)
+    with pytest.raises(ValueError, match="start the run again"):
+        other.load_state_dict(state)

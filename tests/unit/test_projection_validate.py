@@ -2,6 +2,8 @@
 config, and the commands' bad-input handling (asyncsgd/projection/validate.py, cli.py)."""
 from __future__ import annotations
 
+import math
+
 import json
 from dataclasses import replace
 
@@ -165,3 +167,16 @@ def test_validation_summarises_each_setting(tmp_path):
     assert per.loc["1gbit", "worst_run"] == worst["run"]
     text = render(v, "t")
     assert "## Per setting" in text and f"{per.loc['300mbit', 'median_abs_error']:.1%}" in text
+
+
+def test_repeat_noise_is_the_leave_one_out_error_of_the_runs_own_repeats():
+    from asyncsgd.projection.validate import repeat_noise
+    base = {"backend": "gloo", "model": "cnn", "batch_size": 32, "link": "1gbit", "world_size": 2}
+    rows = [{**base, "strategy": "sync", "measured_ms": m} for m in (100.0, 110.0, 90.0)]
+    rows += [{**base, "strategy": "delayed(k=1)", "measured_ms": 50.0}]  # no repeat: left out
+    noise = repeat_noise(pd.DataFrame(rows))
+    # 100 <- mean(110, 90) = 100: 0; 110 <- 95: 5/110; 90 <- 105: 15/90; median 5/110
+    assert noise["repeat_runs"] == 3
+    assert noise["loo"] == pytest.approx(15 / 110)
+    assert noise["floor"] == pytest.approx(15 / 110 * math.sqrt(2 / 3))
+    assert repeat_noise(pd.DataFrame(rows[3:]))["repeat_runs"] == 0
