@@ -151,8 +151,8 @@ def study(runs_dir: Path, out: Path, title: str = "") -> Path:
                       "`scripts/time-to-accuracy`; medians over seeds, spread in parentheses. Targets of issue 14: "
                       f"the best delayed variant within {ACC_TOLERANCE_PP} pp of sync's final accuracy at K=1 and "
                       f"K=2 (the best: the first to the target among the variants within {ACC_TOLERANCE_PP} pp; "
-                      "where none is, the most accurate); over the emulated links its time-to-target speedup at least {SPEED_RATIO}× its "
-                      "per-iteration speedup; no compensation worse than plain delayed K=1 "
+                      f"where none is, the most accurate); over the emulated links its time-to-target speedup "
+                      f"at least {SPEED_RATIO}× its per-iteration speedup; no compensation worse than plain delayed K=1 "
                       f"(by more than {ACC_TOLERANCE_PP} pp).", "", *sections])
     atomic_write_text(out / "README.md", text)
     return out / "README.md"
