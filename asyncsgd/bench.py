@@ -186,6 +186,9 @@ def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
         f"world_size={args.world_size}", f"train.batch_size={cell.batch}", f"train.threads={args.threads}",
         f"train.max_steps={args.steps}", "train.epochs=100000", "train.eval_every_epochs=0",
         "train.warmup_steps=5", "dataset.num_test=64", "progress_bar=false",
+        # one epoch holds every step: an epoch end's bookkeeping allreduce waits behind delayed-k's
+        # reduction in flight, a serialisation every 8 steps at batch 128 that a real epoch has once
+        f"dataset.num_train={max(2048, args.steps * cell.batch * args.world_size)}",
     ]
     if cell.mode:
         out += [f"backend.progress={cell.mode}"]

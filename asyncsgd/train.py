@@ -67,7 +67,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
         total_steps = min(total_steps, cfg.train.max_steps)
     strategy.lr_schedule = make_lr_schedule(cfg.train.lr_schedule, total_steps, cfg.train.lr_warmup_steps)
 
-    tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer)
+    tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer, timer)
     tracker.watch_collapse(chance_loss(data.num_classes, cfg.model), steps_per_epoch=len(loader))
     checkpoints = Checkpointer(cfg, comm, run_dir)
     checkpoints.config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
@@ -301,8 +301,10 @@ def inject_fault(cfg: Config, rank: int, step: int) -> bool:
 class Tracker:
     """Bookkeeping of one run: metrics rows, epoch statistics, progress bar, summary."""
 
-    def __init__(self, cfg: Config, comm: Communicator, run_dir: Optional[Path], total_steps: int, progress: bool):
+    def __init__(self, cfg: Config, comm: Communicator, run_dir: Optional[Path], total_steps: int, progress: bool,
+                 timer: Optional[PhaseTimer] = None):
         self.cfg, self.comm, self.total_steps = cfg, comm, total_steps
+        self.timer = timer if timer is not None else PhaseTimer()
         self.metrics = MetricsLog(run_dir / "metrics.csv" if run_dir is not None else None)
         self.start = time.perf_counter()
         # This epoch on this rank, in Python numbers: per step they cost a third of tensor updates.
@@ -340,7 +342,9 @@ class Tracker:
 
     def end_epoch(self, step: int, epoch: int, model, test_loader) -> None:
         """Global train loss/accuracy of the epoch, and test metrics if ``model`` is given."""
-        sums = self.comm.allreduce(self.epoch_sums.to(self.comm.device), average=False)
+        # queued behind any reduction in flight: a wait the next step would have made (PhaseTimer.start)
+        with self.timer.phase("comm_wait"):
+            sums = self.comm.allreduce(self.epoch_sums.to(self.comm.device), average=False)
         self.loss_sum, self.correct, self.count = 0.0, 0, 0
         values = {}
         if sums[2] > 0:

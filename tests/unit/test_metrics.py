@@ -36,14 +36,21 @@ def test_metrics_csv_has_iteration_and_epoch_rows(tmp_path):
     assert not list(tmp_path.glob(".metrics.csv.*"))  # no temp file left behind
 
 
-def test_start_forgets_time_booked_between_steps():
+def test_start_books_a_wait_between_steps_to_the_next_step_and_forgets_the_rest():
     timer = PhaseTimer()
-    with timer.phase("comm_wait"):  # e.g. a flush before evaluation
+    with timer.phase("comm_wait"):  # e.g. a flush before evaluation: the next step would have waited
+        time.sleep(0.02)
+    with timer.phase("update"):  # e.g. updates a flush applied: not this step's work
         time.sleep(0.01)
-    timer.start()
+    before = time.perf_counter()
+    t0 = timer.start()
+    assert before - t0 >= 0.02  # the step's iteration time covers the wait
     with timer.phase("forward"):
         pass
-    assert set(timer.pop()) == {"forward"}
+    phases = timer.pop()
+    assert set(phases) == {"comm_wait", "forward"} and phases["comm_wait"] >= 0.02
+    timer.start()
+    assert timer.pop() == {}  # booked once, to one step
 
 
 def test_epoch_rows_do_not_rewrite_the_file_each_epoch(tmp_path):
