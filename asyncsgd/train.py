@@ -302,9 +302,9 @@ class Tracker:
     """Bookkeeping of one run: metrics rows, epoch statistics, progress bar, summary."""
 
     def __init__(self, cfg: Config, comm: Communicator, run_dir: Optional[Path], total_steps: int, progress: bool,
-                 timer: Optional[PhaseTimer] = None):
+                 timer: PhaseTimer):
         self.cfg, self.comm, self.total_steps = cfg, comm, total_steps
-        self.timer = timer if timer is not None else PhaseTimer()
+        self.timer = timer
         self.metrics = MetricsLog(run_dir / "metrics.csv" if run_dir is not None else None)
         self.start = time.perf_counter()
         # This epoch on this rank, in Python numbers: per step they cost a third of tensor updates.

@@ -111,7 +111,8 @@ class Strategy(ABC):
         """Called right after backward."""
 
     def step(self) -> None:
-        self._update(self.optimizer, grad_step=self.steps_done)
+        with self._scheduled_lr(self.optimizer, self.steps_done):
+            self._update(self.optimizer, grad_step=self.steps_done)
         self.steps_done += 1
 
     # -- checkpoint -------------------------------------------------------------
@@ -171,13 +172,9 @@ class Strategy(ABC):
             for group, rate in zip(optimizer.param_groups, rates):
                 group["lr"] = rate
 
-    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None,
-                scheduled: bool = False) -> bool:
+    def _update(self, optimizer: torch.optim.Optimizer, label: str = "update", grad_step: Optional[int] = None) -> bool:
         """Apply ``optimizer`` to the reduced gradient computed at step ``grad_step``; False if skipped.
-        ``scheduled``: the caller already holds ``_scheduled_lr`` for it."""
-        if not scheduled:
-            with self._scheduled_lr(optimizer, grad_step):
-                return self._update(optimizer, label, grad_step, scheduled=True)
+        The caller holds ``_scheduled_lr`` for that step."""
         with self.timer.phase("update"), self.timeline.region(label):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             if not self._finite(params, grad_step):

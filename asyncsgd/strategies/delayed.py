@@ -91,8 +91,7 @@ class DelayedStrategy(Strategy):
         # the compensation rules scale the scheduled rate (spike's missed part included)
         with self._scheduled_lr(self.optimizer, queued.step):
             self.compensation.before_update(queued.step)
-            applied = self._update(self.optimizer, f"update with gradient of step {queued.step}",
-                                   grad_step=queued.step, scheduled=True)
+            applied = self._update(self.optimizer, f"update with gradient of step {queued.step}", grad_step=queued.step)
             self.compensation.after_update(applied)
         self.free.append(queued.buffer)
 

@@ -372,6 +372,7 @@ class LayerwiseStrategy(Strategy):
         job, pieces = bucket.job, bucket.pieces
         bucket.job, bucket.pieces = None, []
         firsts = {p: p not in self.optimizer.state for piece in pieces for p in piece.owners}
+        lr_factor = self.lr_schedule(job.step)
         for chunk, piece in zip(job.chunks, pieces):
             self.scheduler.wait(chunk)
             if bucket.carries_flags and chunk.tensor is bucket.flat and job.step > self._flags_read:
@@ -382,7 +383,7 @@ class LayerwiseStrategy(Strategy):
                 self._nonfinite_late(job.step, bucket)
                 continue
             with self.timer.phase("update"), self.timeline.region(f"update {chunk.label}"):
-                self._sgd(piece, firsts, self.lr_schedule(job.step))
+                self._sgd(piece, firsts, lr_factor)
 
     def _read_flags(self, step: int, flags: torch.Tensor) -> None:
         """The first bucket of ``step``: did any rank ask to stop, or have a non-finite gradient?"""
