@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from asyncsgd.strategies.compensation import explicit_momentum, momentum_rule_lr_scale, spike_coefficients
+
 
 def transition(a: float, mu: float, k: int, predict: bool = False, spike: bool = False) -> np.ndarray:
     """The matrix that maps (w_t .. w_{t-k-1}, v_t / h) to the next such state."""
     n = k + 3
-    big_a, big_b = (mu ** k, sum(mu ** i for i in range(k))) if spike else (1.0, 0.0)
+    big_a, big_b = spike_coefficients(mu, k) if spike else (1.0, 0.0)
 
     def step(x: np.ndarray) -> np.ndarray:
         w, v = x[:k + 2], x[k + 2]
@@ -49,10 +51,10 @@ def largest_stable_step(mu: float, k: int, **rule) -> float:
 
 def rules_at(mu: float, k: int):
     """(name, mu, lr factor, rule flags) of the compensation rules, as asyncsgd applies them."""
-    lowered = max(0.0, mu - k / (k + 1))
+    lowered = explicit_momentum(mu, k)
     return [("none", mu, 1.0, {}),
             ("momentum as it was (lr unchanged)", lowered, 1.0, {}),
-            ("momentum", lowered, (1 - lowered) / (1 - mu), {}),
+            ("momentum", lowered, momentum_rule_lr_scale(mu, k), {}),
             ("lr", mu, 1.0 / max(k, 1), {}),
             ("predict", mu, 1.0, {"predict": True}),
             ("spike", mu, 1.0, {"spike": True}),
@@ -66,8 +68,8 @@ def main() -> None:
     print("| | " + " | ".join(f"mu = {mu}" for mu in momenta) + " |")
     print("|---" * (len(momenta) + 1) + "|")
     for k, predict in ((0, False), (1, False), (2, False), (4, False), (1, True), (2, True), (4, True)):
-        cells = [f"{largest_stable_step(mu, k, predict=predict):.3g} "
-                 f"({largest_stable_step(mu, k, predict=predict) / (1 - mu):.3g})" for mu in momenta]
+        limits = [largest_stable_step(mu, k, predict=predict) for mu in momenta]
+        cells = [f"{limit:.3g} ({limit / (1 - mu):.3g})" for limit, mu in zip(limits, momenta)]
         print(f"| k = {k}{' + predict' if predict else ''} | " + " | ".join(cells) + " |")
 
     mu = 0.9
