@@ -68,7 +68,8 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
     strategy.lr_schedule = make_lr_schedule(cfg.train.lr_schedule, total_steps, cfg.train.lr_warmup_steps)
 
     tracker = Tracker(cfg, comm, run_dir if writer else None, total_steps, progress and writer, timer)
-    tracker.watch_collapse(chance_loss(data.num_classes, cfg.model), steps_per_epoch=len(loader))
+    # the stretch judged is an epoch, or the whole run where train.max_steps ends it within its first
+    tracker.watch_collapse(chance_loss(data.num_classes, cfg.model), steps_per_epoch=min(len(loader), total_steps))
     checkpoints = Checkpointer(cfg, comm, run_dir)
     checkpoints.config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     start, resume_rng = Position(), None

@@ -20,7 +20,9 @@ project's Communicator and measure, rank 0 reporting:
 
 :func:`fit` turns these into a :class:`~asyncsgd.projection.network.Network`
 per backend: alpha and the link efficiency (beta = 8 / (efficiency * rate))
-by least squares over every size and rate, for each candidate algorithm, the
+by least squares over every size and rate where the link bounds the reduction
+(above 64 KiB: where its CPU work, fitted below, is less than its time on the
+wire at the line rate), for each candidate algorithm, the
 algorithm that fits best at small and at large sizes (by the world sizes
 measured: at P = 2 they cannot be told apart, at 3 and 4 they differ),
 ``channels`` from the pairs and ``concurrent_efficiency[2]`` from the
@@ -232,22 +234,6 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
         raise ValueError(f"no calibration measurements for backend {backend}")
     gamma = _med([r["local"]["add_s_per_byte"] for r in mine])
     div = _med([r["local"]["div_s_per_byte"] for r in mine])
-    samples = [(int(n), r["world_size"], _med(v["wall"]), r["rate_bps"]) for r in mine for n, v in r["alone"].items()]
-    several_p = len({p for _, p, _, _ in samples}) > 1
-    ranges, report = [], {}
-    for part, subset, limit in (("small", [s for s in samples if s[0] <= small_bytes], small_bytes),
-                                ("large", [s for s in samples if s[0] > small_bytes], None)):
-        if not subset:
-            continue
-        scores = {a: _lstsq_alpha_eff(subset, a, gamma) for a in ALGORITHMS}
-        report[part] = {a: {"alpha": v[0], "link_efficiency": v[1], "rms_rel_error": v[2]} for a, v in scores.items()}
-        # at P = 2 every algorithm has the same cost shape: only several world sizes tell them apart
-        best = min(scores, key=lambda a: scores[a][2]) if several_p else "ring"
-        ranges.append(SizeRange(limit, best, alpha=scores[best][0], link_efficiency=scores[best][1]))
-    if ranges[-1].up_to_bytes is not None:
-        ranges[-1] = replace(ranges[-1], up_to_bytes=None)
-    base = ranges[-1]
-
     # CPU a reduction takes from the compute cores: its process CPU time alone (slope over size),
     # and the share of a core it gets while compute runs (busy: cpu needed / time it took)
     # CPU of a reduction alone = per call + per byte + polling for as long as it runs: a linear fit
@@ -277,6 +263,32 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
     share = _med(shares) if shares else 1.0
     if work:
         per_byte = max(per_byte, _med(work))
+    samples = [(int(n), r["world_size"], _med(v["wall"]), r["rate_bps"]) for r in mine for n, v in r["alone"].items()]
+    several_p = len({p for _, p, _, _ in samples}) > 1
+    # The link's constants from the samples the link bounds: a large reduction whose CPU work exceeds
+    # its time on the wire at the line rate (16 MiB at 10 Gbit/s here) is CPU-bound, which the CPU
+    # terms above already model; fitting the link to it as well would count that CPU twice and lower
+    # the link's efficiency at every rate. (Small messages are latency: all of them are kept.)
+    def link_bound(sample) -> bool:
+        n, p, _, rate = sample
+        return per_call + per_byte * n < allreduce_time("ring", n, p, 0.0, 8.0 / rate, 0.0)
+
+    large = [s for s in samples if s[0] > small_bytes]
+    bound = [s for s in large if link_bound(s)] or large  # none link-bound: the link fit has nothing better
+    ranges, report = [], {}
+    for part, subset, limit in (("small", [s for s in samples if s[0] <= small_bytes], small_bytes),
+                                ("large", bound, None)):
+        if not subset:
+            continue
+        scores = {a: _lstsq_alpha_eff(subset, a, gamma) for a in ALGORITHMS}
+        report[part] = {a: {"alpha": v[0], "link_efficiency": v[1], "rms_rel_error": v[2]} for a, v in scores.items()}
+        # at P = 2 every algorithm has the same cost shape: only several world sizes tell them apart
+        best = min(scores, key=lambda a: scores[a][2]) if several_p else "ring"
+        ranges.append(SizeRange(limit, best, alpha=scores[best][0], link_efficiency=scores[best][1]))
+    if ranges[-1].up_to_bytes is not None:
+        ranges[-1] = replace(ranges[-1], up_to_bytes=None)
+    base = ranges[-1]
+
     # how much of the polling progress needs: at the slower links, where the reduction's work fits
     # in its share, it still slowed down while compute ran (share / (work + gate x polling) = 1 / slowdown)
     gates = []
@@ -315,6 +327,7 @@ def fit(runs: List[dict], backend: str, name: Optional[str] = None, small_bytes:
                 f"{', '.join(rates)}; world sizes {sorted({r['world_size'] for r in mine})}) on "
                 f"{mine[0].get('host', 'this machine')}"),
         notes={"scale_s_per_byte": f"{div:.4g}", "algorithm_fit": json.dumps(report),
+               "link_fit_samples": f"{len(bound)} of {len(large)} large allreduces (the link-bound ones)",
                "pipeline_efficiency": json.dumps(pipeline_eff), "cpu_shares": json.dumps(shares)},
     )
 

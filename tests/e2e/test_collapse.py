@@ -26,6 +26,15 @@ def test_a_run_that_never_leaves_chance_is_flagged_in_log_and_summary(workdir):
     assert "training never left chance level" in result.stderr and "train.on_collapse=warn" in result.stderr
 
 
+def test_a_run_shorter_than_an_epoch_is_judged_over_the_whole_run(workdir):
+    """train.max_steps=12 ends the run within its first epoch (44 steps): its 12 steps are the stretch judged."""
+    result = run_cli([*ARGS, "train.max_steps=12", f"hydra.run.dir={workdir / 'run'}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = read_summary(workdir / "run")
+    assert summary["steps"] == 12
+    assert summary["collapse"]["kind"] == "never_learned" and summary["collapse"]["epoch"] == 0
+
+
 def test_on_collapse_stop_ends_the_run_after_that_epoch(workdir):
     result = run_cli([*ARGS, "train.epochs=2", "train.on_collapse=stop", f"hydra.run.dir={workdir / 'run'}"],
                      cwd=workdir)

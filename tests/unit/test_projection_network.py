@@ -109,6 +109,21 @@ def test_fit_recovers_known_constants():
     assert net.scale_on_worker  # gloo divides on the training thread
 
 
+def test_fit_takes_the_link_from_link_bound_reductions_only():
+    """At 10 Gbit/s a 1-16 MiB reduction here is CPU-bound (1 ns/B of work against 0.9 ns/B on the wire):
+    its time says nothing about the link, whose constants come from the slower rates alone."""
+    alpha, eff, cpu_per_byte = 2e-4, 0.9, 1e-9
+    runs = []
+    for rate in (1e8, 1e9, 1e10):
+        def times(n, rate=rate):
+            return max(allreduce_time("ring", n, 2, alpha, 8 / (eff * rate), 1e-10), 1e-4 + cpu_per_byte * n)
+        runs.append(_run("gloo", rate, 2, times, cpu_per_byte, 0.25, channels=2))
+    net = fit(runs, "gloo")
+    assert net.ranges[-1].alpha == pytest.approx(alpha, rel=1e-6)
+    assert net.ranges[-1].link_efficiency == pytest.approx(eff, rel=1e-6)
+    assert net.notes["link_fit_samples"].startswith("6 of 9 ")  # 1, 4, 16 MiB at 100 Mbit/s and 1 Gbit/s
+
+
 def test_fit_tells_algorithms_apart_with_several_world_sizes():
     alpha, beta = 1e-4, 8e-9
     runs = [_run("mpi", 1e9, p, lambda n, p=p: allreduce_time("recursive_doubling", n, p, alpha, beta, 1e-10),
