@@ -18,7 +18,10 @@ groups = sorted(".".join(d.relative_to("conf").parts) for d in Path("conf").rglo
                 if d.is_dir() and d.name != "__pycache__")
 
 setup(
-    packages=[*find_packages(include=["asyncsgd", "asyncsgd.*"]), "asyncsgd.conf",
+    # asyncsgd.projection.profiles holds only data (the paper-scale profiles, JSON); it is
+    # listed as a package so that setuptools packs it without warning of an unlisted folder.
+    packages=[*find_packages(include=["asyncsgd", "asyncsgd.*"]), "asyncsgd.projection.profiles",
+              "asyncsgd.conf",
               *(f"asyncsgd.conf.{g}" for g in groups),
               *find_namespace_packages(include=["hydra_plugins*"])],
     package_dir={"asyncsgd.conf": "conf"},

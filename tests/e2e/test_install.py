@@ -89,6 +89,10 @@ def test_a_wheel_carries_the_configs(tmp_path):
     built = _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
                   "--target", str(site), str(src)], tmp_path, dict(os.environ))
     assert built.returncode == 0, built.stderr
+    assert "absent from the `packages` configuration" not in built.stderr  # every folder it packs is listed
+    profiles = site / "asyncsgd" / "projection" / "profiles"  # asyncsgd-project's paper-scale profiles
+    assert sorted(p.name for p in profiles.glob("*.json")) == \
+        sorted(p.name for p in (REPO / "asyncsgd" / "projection" / "profiles").glob("*.json"))
     installed = site / "asyncsgd" / "conf"
     assert sorted(p.relative_to(installed) for p in installed.rglob("*.yaml")) == \
         sorted(p.relative_to(REPO / "conf") for p in (REPO / "conf").rglob("*.yaml"))
