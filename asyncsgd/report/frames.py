@@ -25,6 +25,9 @@ from .runs import PHASES, ReportError, Run
 # Settings that always name a strategy in tables, whether or not they vary: a
 # `delayed` row means nothing without its k.
 STRATEGY_KEYS = {"layerwise": ("wait_at",), "delayed": ("k",)}
+# Keys shown whenever they are not at this value, varying or not: a compensation changes the
+# update rule, so a report of one compensated variant must not read as plain delayed-k.
+STRATEGY_KEYS_UNLESS = {"delayed": {"compensation": "none"}}
 
 # Config groups whose other keys only mean something for one choice (model.hidden
 # exists for mlp alone): such a key is a setting only if it varies within a choice.
@@ -96,7 +99,9 @@ def strategy_labels(configs: Sequence[Dict[str, object]]) -> List[str]:
         same = [g for g in flat if str(g.get("name", "unknown")) == name]
         keys = [k for k in f if k != "name"]
         varying = set(_varying_keys(same, keys))
-        shown = [k for k in keys if k in STRATEGY_KEYS.get(name, ()) or k in varying]
+        unless = STRATEGY_KEYS_UNLESS.get(name, {})
+        shown = [k for k in keys if k in STRATEGY_KEYS.get(name, ()) or k in varying
+                 or (k in unless and _value_text(f[k]) != unless[k])]
         labels.append(f"{name}({', '.join(f'{k}={_value_text(f[k])}' for k in shown)})" if shown else name)
     return labels
 

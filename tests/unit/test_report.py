@@ -203,6 +203,15 @@ def test_strategy_labels_show_defining_and_varying_keys():
     ]
 
 
+def test_a_compensation_is_always_in_the_label():
+    # one compensation for every k, so it does not vary: still not plain delayed-k
+    compensated = [{"strategy": {"name": "delayed", "k": k, "compensation": "spike+predict"}} for k in (1, 2)]
+    assert strategy_labels(compensated + [{"strategy": {"name": "sync"}}]) == [
+        "delayed(k=1, compensation=spike+predict)", "delayed(k=2, compensation=spike+predict)", "sync"]
+    plain = [{"strategy": {"name": "delayed", "k": k, "compensation": "none"}} for k in (1, 2)]
+    assert strategy_labels(plain) == ["delayed(k=1)", "delayed(k=2)"]
+
+
 def test_an_integer_and_a_float_of_one_key_are_one_setting():
     # an older run wrote strategy.bucket_mb=0 where a newer one writes 0.0: the same layout
     configs = [{"strategy": {"name": "layerwise", "wait_at": "forward", "bucket_mb": 0, "split_mb": 1.0}},
