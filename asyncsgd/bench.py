@@ -25,12 +25,13 @@ case runs per layer (its default) and once per size.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 import pandas as pd
 
@@ -89,6 +90,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="run every case on an emulated cluster (launcher=emulated) with links of this rate, "
                         "e.g. 1gbit, or several comma-separated (a sweep); needs root and iproute2 "
                         "(docs/emulated-cluster.md)")
+    p.add_argument("--overlap-cost", default=None, metavar="SC,SR",
+                   help="also give the layerwise bound with the measured cost of overlap: compute beside a "
+                        "reduction runs SC times slower and the reduction SR times slower "
+                        "(scripts/bench_reduction_cpu.py prints both), e.g. 1.17,1.10")
     p.add_argument("--out", type=Path, default=None, help="directory for run dirs, bench.csv and bench.md")
     p.add_argument("overrides", nargs="*", help="extra asyncsgd-run overrides, e.g. strategy.bucket_mb=1")
     args = p.parse_args(argv)
@@ -126,6 +131,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                 parse_rate(link)
             except ConfigError as exc:
                 p.error(f"--emulated: {exc}")
+    args.slowdowns = (1.0, 1.0)
+    if args.overlap_cost:
+        try:
+            args.slowdowns = tuple(float(x) for x in args.overlap_cost.split(","))
+        except ValueError:
+            args.slowdowns = ()
+        if len(args.slowdowns) != 2 or not all(math.isfinite(x) and x >= 1.0 for x in args.slowdowns):
+            p.error(f"--overlap-cost {args.overlap_cost}: expected two factors >= 1, SC,SR (e.g. 1.17,1.10)")
     if args.world_size < 1 or min(args.batches) < 1 or args.steps < 6 or args.repeats < 1:
         p.error("--world-size, --batch and --repeats must be >= 1, --steps >= 6")
     return args
@@ -197,14 +210,17 @@ def common_overrides(args: argparse.Namespace, cell: Cell) -> List[str]:
     return out + list(args.overrides)
 
 
-def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> float:
+def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float,
+                    slowdowns: Tuple[float, float] = (1.0, 1.0)) -> float:
     """The least time per iteration any schedule of ``layerwise(wait_at=forward)`` can reach in
     this cell (:func:`asyncsgd.projection.schedules.layerwise_bound`, issue 12's bound).
 
     Per-layer f_i, b_i, u_i come from the nocomm run's timeline; c_i is layer i's share of the
     measured T_comm by gradient bytes (one link per worker). The rest of T_compute (data, loss,
     zero_grad, bookkeeping) is counted before the first forward, where it can overlap with the
-    link, so the bound stays a lower bound; where the link is fast it is T_compute."""
+    link, so the bound stays a lower bound; where the link is fast it is T_compute. ``slowdowns``:
+    (s_c, s_r), what running beside a reduction costs the compute and the reduction on these cores
+    (:func:`asyncsgd.projection.schedules.overlap_window`); (1, 1) is issue 12's bound."""
     from .projection.schedules import layerwise_bound as bound
 
     layers = profile.layers
@@ -213,7 +229,8 @@ def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float) -> floa
     update = [l.update_s or update_all * l.nbytes / total_bytes for l in layers]
     rest = t_compute - sum(l.forward_s + l.backward_s for l in layers) - sum(update)
     return bound([l.forward_s for l in layers], [l.backward_s for l in layers], update,
-                 [t_comm * l.nbytes / total_bytes for l in layers], before=max(0.0, rest))
+                 [t_comm * l.nbytes / total_bytes for l in layers], before=max(0.0, rest),
+                 compute_slowdown=slowdowns[0], reduction_slowdown=slowdowns[1])
 
 
 def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
@@ -239,8 +256,10 @@ def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
     }
 
 
-def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
-    """Medians over repeats, speedup over sync and overlap efficiency (one progress mode)."""
+def summarize(samples: Dict[str, List[Dict[str, float]]],
+              slowdowns: Tuple[float, float] = (1.0, 1.0)) -> pd.DataFrame:
+    """Medians over repeats, speedup over sync and overlap efficiency (one progress mode); with
+    ``slowdowns`` other than (1, 1) also the bound with that cost of overlap (``--overlap-cost``)."""
     med = {name: {k: statistics.median([s[k] for s in runs if s.get(k) is not None] or [float("nan")])
                   for k in ("iter_s", "comm_wait_s", "allreduce_alone_s")}
            for name, runs in samples.items()}
@@ -254,16 +273,21 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
             return None
         return (t_sync - t) / (t_sync - limit)
 
-    bound = None
+    bound = cpu_bound = cpu_floor = None
     nocomm = [s for s in samples.get("nocomm", []) if s.get("run_dir")]  # (timelines to read)
     if limit is not None and nocomm:
         try:
             from .projection.measure import profile_from_run
+            from .projection.schedules import overlap_window
 
             # each repeat's bound from its own per-layer times and its own T_compute; the median of
             # them, as T_compute is the median of the repeats
-            bound = statistics.median(layerwise_bound(profile_from_run(s["run_dir"]), s["iter_s"], t_comm)
-                                      for s in nocomm)
+            profiles = [(profile_from_run(s["run_dir"]), s["iter_s"]) for s in nocomm]
+            bound = statistics.median(layerwise_bound(p, t, t_comm) for p, t in profiles)
+            if tuple(slowdowns) != (1.0, 1.0):
+                cpu_bound = statistics.median(layerwise_bound(p, t, t_comm, slowdowns) for p, t in profiles)
+                # with no dependency between them (delayed K>=1's ideal): the compute beside the link
+                cpu_floor = overlap_window(t_compute, t_comm, *slowdowns)
         except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
             print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
     # the best of each bucket sweep (and of ddp, the reference a new method must beat)
@@ -288,7 +312,11 @@ def summarize(samples: Dict[str, List[Dict[str, float]]]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
                        limit_ms=(limit or float("nan")) * 1e3, best=best, bound_ms=(bound or float("nan")) * 1e3,
-                       bound_efficiency=float("nan") if not bound or efficiency(bound) is None else efficiency(bound))
+                       bound_efficiency=float("nan") if not bound or efficiency(bound) is None else efficiency(bound),
+                       slowdowns=tuple(slowdowns), cpu_bound_ms=(cpu_bound or float("nan")) * 1e3,
+                       cpu_floor_ms=(cpu_floor or float("nan")) * 1e3,
+                       cpu_bound_efficiency=(float("nan") if not cpu_bound or efficiency(cpu_bound) is None
+                                             else efficiency(cpu_bound)))
     return table
 
 
@@ -316,6 +344,11 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
                  f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n"
                  f"bound of layerwise(wait_at=forward) from nocomm's per-layer times = {a['bound_ms']:.1f} ms "
                  f"(overlap efficiency {a['bound_efficiency']:.2f} at the bound)\n")
+        if a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0):
+            text += (f"the same bound with the cost of overlap (compute x{a['slowdowns'][0]:.3f}, reduction "
+                     f"x{a['slowdowns'][1]:.3f} beside each other) = {a['cpu_bound_ms']:.1f} ms "
+                     f"(overlap efficiency {a['cpu_bound_efficiency']:.2f}); T_compute beside T_comm with that "
+                     f"cost, no dependency between them (delayed's ideal) = {a['cpu_floor_ms']:.1f} ms\n")
         best = best_line(table)
         text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -349,11 +382,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         except RuntimeError as exc:
             print(f"asyncsgd-bench: {exc}", file=sys.stderr)
             sys.exit(1)
-    tables = {cell: summarize(samples[cell]) for cell in cells}
+    tables = {cell: summarize(samples[cell], args.slowdowns) for cell in cells}
     text = render(tables, args)
     out.mkdir(parents=True, exist_ok=True)
     pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch, t_compute_ms=t.attrs["t_compute_ms"],
-                        t_comm_ms=t.attrs["t_comm_ms"], layerwise_bound_ms=t.attrs["bound_ms"])
+                        t_comm_ms=t.attrs["t_comm_ms"], layerwise_bound_ms=t.attrs["bound_ms"],
+                        layerwise_bound_cpu_ms=t.attrs["cpu_bound_ms"])
                for c, t in tables.items()]).to_csv(
         out / "bench.csv", index=False)
     atomic_write_text(out / "bench.md", text)

@@ -9,7 +9,11 @@ multiplies matrices (1 thread), and report, medians over repeats:
 - compute alone / compute overlapped: the compute's time without and with the reduction
   (the difference is what overlapping costs the training thread: the backend's threads,
   the kernel's TCP and veth work on the same cores);
-- other threads' CPU: the process's CPU time outside the training thread while overlapped.
+- other threads' CPU: the process's CPU time outside the training thread while overlapped;
+- s_c, s_r: how much slower the compute and the reduction run beside each other
+  (asyncsgd.projection.schedules.overlap_slowdowns), per repeat from its own pair on rank 0,
+  median (min-max over repeats), the factors of
+  ``asyncsgd-bench --overlap-cost s_c,s_r`` (the layerwise bound with the cost of overlap).
 
     sudo .venv/bin/python scripts/bench_reduction_cpu.py --emulated 1gbit \\
         --cases gloo,mpi:thread,mpi:blocking --mbytes 9.54 --repeats 9
@@ -58,8 +62,8 @@ def worker(backend: str, progress: str, nbytes: int, repeats: int, out: Path) ->
         handle.wait()
         rows["reduce_overlapped"].append(time.perf_counter() - t0)
         rows["other_threads_cpu"].append((time.process_time() - cpu0) - (time.thread_time() - own0))
-    if comm.rank == 0:
-        out.write_text(json.dumps({k: statistics.median(v) for k, v in rows.items()}))
+    if comm.rank == 0:  # the raw repeats: the slowdowns are computed per repeat, from one pair each
+        out.write_text(json.dumps(rows))
     comm.close()
 
 
@@ -80,11 +84,13 @@ def main() -> int:
     from asyncsgd.launch.emulated import run_in_cluster
     from asyncsgd.launch.environment import find_executable
     from asyncsgd.launch.netns import LinkSpec, emulated_cluster
+    from asyncsgd.projection.schedules import overlap_slowdowns
 
     print(f"{args.mbytes} MB allreduce, 2 workers over emulated {args.emulated} links, 1 thread, "
           f"medians of {args.repeats} (ms)")
-    print("| case | reduce alone | reduce overlapped | compute alone | compute overlapped | other threads' CPU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| case | reduce alone | reduce overlapped | compute alone | compute overlapped | other threads' CPU "
+          "| s_c | s_r |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for case in args.cases.split(","):
         backend, _, progress = case.partition(":")
         with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +100,21 @@ def main() -> int:
             with emulated_cluster(2, LinkSpec.parse(args.emulated)) as cluster:
                 run_in_cluster(cluster, backend, argv, {"OMP_NUM_THREADS": "1"}, Path(tmp), grace_s=10.0,
                                mpiexec=find_executable("mpiexec") or "mpiexec")
-            r = {k: v * 1e3 for k, v in json.loads(out.read_text()).items()}
+            raw = {k: [x * 1e3 for x in v] for k, v in json.loads(out.read_text()).items()}
+        r = {k: statistics.median(v) for k, v in raw.items()}
+        # what overlapping costs each side (asyncsgd-bench --overlap-cost s_c,s_r), per repeat from
+        # that repeat's own pair: medians of the columns would pair numbers of different repeats
+        pairs = []
+        for alone, together, c_alone, c_together in zip(raw["reduce_alone"], raw["reduce_overlapped"],
+                                                       raw["compute_alone"], raw["compute_overlapped"]):
+            try:
+                pairs.append(overlap_slowdowns(alone, together, c_alone, c_together))
+            except ValueError:  # that repeat's compute outlived its reduction: no factor from it
+                pass
+        factors = " | ".join(
+            f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in zip(*pairs)) if pairs else "— | —"
         print(f"| {case} | {r['reduce_alone']:.1f} | {r['reduce_overlapped']:.1f} | {r['compute_alone']:.1f} | "
-              f"{r['compute_overlapped']:.1f} | {r['other_threads_cpu']:.1f} |", flush=True)
+              f"{r['compute_overlapped']:.1f} | {r['other_threads_cpu']:.1f} | {factors} |", flush=True)
     return 0
 
 

@@ -712,7 +712,8 @@ class Layerwise(Worker):
 
 
 def layerwise_bound(forward: Sequence[float], backward: Sequence[float], update: Sequence[float],
-                    comm: Sequence[float], before: float = 0.0, after: float = 0.0) -> float:
+                    comm: Sequence[float], before: float = 0.0, after: float = 0.0,
+                    compute_slowdown: float = 1.0, reduction_slowdown: float = 1.0) -> float:
     """design.md's bound for ``layerwise(wait_at=forward)`` (issue 12), layers in forward order:
 
         T >= max_i [ sum_{j>=i}(f_j+b_j+u_j) + max( sum_{j<i}(f_j+b_j+u_j), sum_{j<=i} c_j ) ]
@@ -722,12 +723,61 @@ def layerwise_bound(forward: Sequence[float], backward: Sequence[float], update:
     data and bookkeeping) can run while the reductions of layers 1..i travel on the one link, all of
     which must arrive before layer i's forward; u_i and the forward and backward of layers i..n
     (and ``after``: the loss) follow. ``comm[i]``: layer i's reduction alone on the link.
+
+    With the cost of overlap (:func:`overlap_window`): where a reduction's CPU work shares the
+    worker's cores with the compute, compute beside a reduction runs ``compute_slowdown`` times
+    slower and the reduction ``reduction_slowdown`` times slower (both 1: the bound above).
     """
     n = len(forward)
     if not n or not len(backward) == len(update) == len(comm) == n:
         raise ValueError("forward, backward, update and comm need one value per layer, at least one layer")
     work = [f + b + u for f, b, u in zip(forward, backward, update)]
-    return max(sum(work[i:]) + after + max(sum(work[:i]) + before, sum(comm[:i + 1])) for i in range(n))
+    return max(sum(work[i:]) + after + overlap_window(sum(work[:i]) + before, sum(comm[:i + 1]),
+                                                      compute_slowdown, reduction_slowdown)
+               for i in range(n))
+
+
+def overlap_window(compute: float, link: float, compute_slowdown: float = 1.0,
+                   reduction_slowdown: float = 1.0) -> float:
+    """The least time in which ``compute`` seconds of compute and ``link`` seconds of reductions
+    (each as measured alone) both complete on one worker, when running side by side slows the
+    compute by ``compute_slowdown`` (s_c) and the reductions by ``reduction_slowdown`` (s_r).
+
+    Split the window into time with both running (x), reductions alone, and no reduction. If y
+    seconds of the compute run beside a reduction, x = s_c y and the reductions do x / s_r of their
+    work then, so the window is at least
+        x + (link - x / s_r) + (compute - y) = link + compute - y (1 - s_c (1 - 1/s_r)),
+    with y <= compute and x / s_r <= link. It is least at the largest y where overlapping saves
+    time (1 - s_c (1 - 1/s_r) > 0), at y = 0 where it costs more than it hides. s_c = s_r = 1
+    gives max(compute, link). Assumed: one reduction at a time slows the compute as much as the
+    measured pair did, and several reductions together move no faster than one."""
+    if not (math.isfinite(compute_slowdown) and math.isfinite(reduction_slowdown)) \
+            or compute_slowdown < 1.0 or reduction_slowdown < 1.0:
+        raise ValueError(f"slowdowns must be >= 1 (got compute {compute_slowdown}, reduction {reduction_slowdown})")
+    if compute <= 0.0 or link <= 0.0:
+        return max(compute, link, 0.0)
+    gain = 1.0 - compute_slowdown * (1.0 - 1.0 / reduction_slowdown)  # time saved per second overlapped
+    overlapped = min(compute, link * reduction_slowdown / compute_slowdown) if gain > 0 else 0.0
+    return max(compute, link + compute - gain * overlapped)
+
+
+def overlap_slowdowns(reduce_alone: float, reduce_overlapped: float, compute_alone: float,
+                      compute_overlapped: float) -> Tuple[float, float]:
+    """(s_c, s_r) of :func:`overlap_window` from a pair measured alone and started together
+    (``scripts/bench_reduction_cpu.py``): s_c = compute_overlapped / compute_alone (the compute
+    ran beside the reduction throughout when it ended first); the reduction ran beside the compute
+    for compute_overlapped seconds and alone for the rest, in which it did that much of its work, so
+    s_r = compute_overlapped / (reduce_alone - (reduce_overlapped - compute_overlapped))."""
+    if min(reduce_alone, reduce_overlapped, compute_alone, compute_overlapped) <= 0:
+        raise ValueError("overlap_slowdowns needs positive times")
+    if compute_overlapped > reduce_overlapped:
+        raise ValueError("overlap_slowdowns needs a compute that ends before the reduction "
+                         f"({compute_overlapped:.4g} s after a reduction of {reduce_overlapped:.4g} s): "
+                         "measure with a shorter compute")
+    done_beside = reduce_alone - (reduce_overlapped - compute_overlapped)
+    if done_beside <= 0:
+        raise ValueError("overlap_slowdowns: the reduction did no work beside the compute")
+    return max(1.0, compute_overlapped / compute_alone), max(1.0, compute_overlapped / done_beside)
 
 
 def layerwise_bound_for(profile: Profile, network, world_size: int, split_mb: float = 0.0) -> float:

@@ -114,6 +114,30 @@ def test_layerwise_bound_is_the_schedule_bound_of_issue_12():
         assert layerwise_bound(profile, 0.025, t_comm) >= max(0.025, t_comm) - 1e-12
 
 
+def test_layerwise_bound_with_the_measured_cost_of_overlap():
+    from asyncsgd.bench import layerwise_bound
+    from asyncsgd.projection.profile import Layer, Profile
+
+    layers = [Layer("a", [100], 0.002, 0.006, 0.002), Layer("b", [200], 0.001, 0.002, 0.001),
+              Layer("c", [700], 0.002, 0.003, 0.001)]
+    profile = Profile(layers=layers)
+    # i=3 binds: 6 ms after, and 19 ms of compute beside 100 ms of link; with the compute 1.2x and
+    # the reduction 1.1x slower beside each other: 22.8 ms together, 100 - 22.8 / 1.1 alone
+    slow = layerwise_bound(profile, 0.025, 0.100, (1.2, 1.1))
+    assert slow == pytest.approx(0.006 + 0.0228 + (0.100 - 0.0228 / 1.1))
+    assert layerwise_bound(profile, 0.025, 0.100, (1.0, 1.0)) == pytest.approx(0.106) and 0.106 < slow
+    # the report says which factors its second bound used (no timelines here: no bound to give)
+    table = summarize({"nocomm": _runs(30), "sync": _runs(120, alone_ms=80)}, (1.2, 1.1))
+    text = render({Cell(None, None, 32): table}, parse_args(["--overlap-cost", "1.2,1.1"]))
+    assert "with the cost of overlap (compute x1.200, reduction x1.100" in text
+    assert "cost of overlap" not in render({Cell(None, None, 32): summarize({"sync": _runs(120)})}, parse_args([]))
+    assert parse_args(["--overlap-cost", "1.17,1.10"]).slowdowns == (1.17, 1.10)
+    assert parse_args([]).slowdowns == (1.0, 1.0)
+    for bad in ("1.2", "0.9,1.1", "a,b", "nan,nan", "inf,1.1"):
+        with pytest.raises(SystemExit):
+            parse_args(["--overlap-cost", bad])
+
+
 def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsys):
     assert "layerwise(priority+auto)" not in parse_args([]).strategies.split(",")
     with pytest.raises(SystemExit) as exc:

@@ -18,6 +18,7 @@ from asyncsgd.projection.network import Network
 from asyncsgd.projection.profile import Layer, Profile
 from asyncsgd.projection.schedules import (AS_IMPLEMENTED, IDEAL, Layerwise, Plan, ScheduleError, StrategySpec,
                                            ddp_buckets, layer_buckets, layerwise_bound, layerwise_bound_for,
+                                           overlap_slowdowns, overlap_window,
                                            layerwise_plan, predict, ruleset_for, split_layers)
 from asyncsgd.projection.simulate import simulate
 
@@ -226,6 +227,61 @@ def test_layerwise_bound_by_hand():
     assert layerwise_bound(f, b, u, [0.1, 0.1, 0.1]) == pytest.approx(11.1)
     with pytest.raises(ValueError):
         layerwise_bound(f, b, u, c[:2])
+
+
+def _started_together(compute, link, s_c, s_r):
+    """Compute and reductions started at once, each slowed while the other runs: when the last ends."""
+    if compute * s_c <= link * s_r:  # the compute ends first, the reduction finishes alone
+        t = compute * s_c
+        return t + (link - t / s_r)
+    t = link * s_r  # the reduction ends first
+    return t + (compute - t / s_c)
+
+
+def test_overlap_window_without_a_cost_is_the_longer_of_the_two():
+    assert overlap_window(30, 80) == pytest.approx(80)
+    assert overlap_window(90, 80) == pytest.approx(90)
+    assert overlap_window(0, 80) == pytest.approx(80) and overlap_window(30, 0) == pytest.approx(30)
+
+
+@pytest.mark.parametrize("compute, link", [(36, 83), (33, 82), (80, 30), (50, 50)])
+@pytest.mark.parametrize("s_c, s_r", [(1.0, 1.0), (1.17, 1.10), (1.3, 1.05), (1.6, 1.5)])
+def test_overlap_window_is_the_best_of_overlapping_all_or_nothing(compute, link, s_c, s_r):
+    # the window is linear in the overlapped compute, so its least value is at one end: everything
+    # that can be overlapped (the two started together) or nothing (one after the other)
+    expected = min(_started_together(compute, link, s_c, s_r), compute + link)
+    assert overlap_window(compute, link, s_c, s_r) == pytest.approx(expected)
+    assert overlap_window(compute, link, s_c, s_r) >= max(compute, link) - 1e-9
+
+
+def test_overlap_window_with_the_cost_measured_on_gloo():
+    # docs/performance.md, scripts/bench_reduction_cpu.py on gloo at 1 Gbit/s (ms): reduce alone 93.0,
+    # overlapped 101.0; compute alone 78.3, overlapped 91.8
+    s_c, s_r = overlap_slowdowns(93.0, 101.0, 78.3, 91.8)
+    assert s_c == pytest.approx(91.8 / 78.3) and s_r == pytest.approx(91.8 / (93.0 - 9.2))
+    # 36 ms of compute beside 83 ms of link: 1.17 x 36 = 42.2 ms together, in which the reduction
+    # does 42.2 / 1.095 = 38.5 ms of its work; the other 44.5 alone: 86.7 ms, not 83
+    assert overlap_window(36, 83, s_c, s_r) == pytest.approx(36 * s_c + 83 - 36 * s_c / s_r)
+    with pytest.raises(ValueError):
+        overlap_slowdowns(93.0, 101.0, 78.3, 120.0)  # the compute outlived the reduction
+    with pytest.raises(ValueError):
+        overlap_window(36, 83, 0.9, 1.0)
+
+
+def test_layerwise_bound_with_the_cost_of_overlap():
+    f, b, u, c = [1, 2, 1], [2, 3, 1], [0.5, 0.5, 0], [1, 5, 2]
+    assert layerwise_bound(f, b, u, c, compute_slowdown=1.0, reduction_slowdown=1.0) == pytest.approx(13.5)
+    # i=2: 7.5 + window(3.5 of compute, 6 of link); s_c = 1.2, s_r = 1.1: together 4.2 ms, in which
+    # the link does 4.2 / 1.1 = 3.818 ms, then 2.182 alone: 6.382; i=3: 2 + window(9, 8) = 2 + 10.467
+    s_c, s_r = 1.2, 1.1
+    i2 = 7.5 + 3.5 * s_c + 6 - 3.5 * s_c / s_r
+    i3 = 2 + 8 * s_r + 9 - 8 * s_r / s_c  # the link ends first here: 8.8 ms together, the compute's rest alone
+    assert layerwise_bound(f, b, u, c, compute_slowdown=s_c, reduction_slowdown=s_r) == pytest.approx(max(i2, i3))
+    assert max(i2, i3) > 13.5
+    # a cost that makes overlapping slower than not: the bound is the serial one, never above it
+    serial = max(sum(f[i:]) + sum(b[i:]) + sum(u[i:]) + sum(f[:i]) + sum(b[:i]) + sum(u[:i]) + sum(c[:i + 1])
+                 for i in range(3))
+    assert layerwise_bound(f, b, u, c, compute_slowdown=3.0, reduction_slowdown=3.0) == pytest.approx(serial)
 
 
 def test_layerwise_bound_of_a_profile():
