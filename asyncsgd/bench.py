@@ -95,6 +95,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "reduction runs SC times slower and the reduction SR times slower "
                         "(scripts/bench_reduction_cpu.py prints both), e.g. 1.17,1.10")
     p.add_argument("--out", type=Path, default=None, help="directory for run dirs, bench.csv and bench.md")
+    p.add_argument("--reuse", action="store_true",
+                   help="read the runs that finished in --out before instead of running them again (a benchmark "
+                        "cut short continues; the same command with other report options re-makes bench.md)")
     p.add_argument("overrides", nargs="*", help="extra asyncsgd-run overrides, e.g. strategy.bucket_mb=1")
     args = p.parse_args(argv)
     unknown = [s for s in args.strategies.split(",") if s not in CASES]
@@ -233,12 +236,44 @@ def layerwise_bound(profile: "Profile", t_compute: float, t_comm: float,
                  compute_slowdown=slowdowns[0], reduction_slowdown=slowdowns[1])
 
 
-def run_case(run_dir: Path, overrides: List[str]) -> Dict[str, float]:
-    cmd = [sys.executable, "-m", "asyncsgd.cli", *overrides, f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"benchmark run failed ({' '.join(overrides)}):\n{tail}")
+def bound_consistent_with(profiles: List[Tuple["Profile", float]], t_comm: float, t_delayed: float,
+                          slowdowns: Tuple[float, float], steps: int = 40) -> Optional[float]:
+    """The largest :func:`layerwise_bound` (median over the nocomm repeats in ``profiles``) over
+    costs of overlap (s_c, s_r) between none (1, 1) and the measured ``slowdowns`` that keep
+    delayed K=1's ideal, T_compute beside T_comm with no dependency, at or below its measured
+    ``t_delayed``. A matmul beside an allreduce can be hit harder than the training compute is: the
+    run itself says how much of the pair's cost is real. None: not even (1, 1) is consistent."""
+    from .projection.schedules import overlap_window
+
+    t_compute = statistics.median(t for _, t in profiles)
+    grid = [(1.0 + (slowdowns[0] - 1.0) * i / steps, 1.0 + (slowdowns[1] - 1.0) * j / steps)
+            for i in range(steps + 1) for j in range(steps + 1)]
+    fits = [f for f in grid if overlap_window(t_compute, t_comm, *f) <= t_delayed + 1e-12]
+    if not fits:
+        return None
+    return max(statistics.median(layerwise_bound(p, t, t_comm, f) for p, t in profiles) for f in fits)
+
+
+def run_case(run_dir: Path, overrides: List[str], reuse: bool = False) -> Dict[str, float]:
+    """Run one case into ``run_dir`` and read its figures; ``reuse``: read a run that finished there before."""
+    if not (reuse and _finished(run_dir)):
+        cmd = [sys.executable, "-m", "asyncsgd.cli", *overrides, f"hydra.run.dir={run_dir}"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(f"benchmark run failed ({' '.join(overrides)}):\n{tail}")
+    return read_case(run_dir)
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return read_json(run_dir / "summary.json").get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_case(run_dir: Path) -> Dict[str, float]:
+    """A finished case's figures: mean iteration after the run's warm-up, median communication wait."""
     summary = read_json(run_dir / "summary.json")
     metrics = pd.read_csv(run_dir / "metrics.csv")
     # the run's own warm-up: 5 steps, or more where the strategy settled later (bucket_mb=auto's trials)
@@ -273,7 +308,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
             return None
         return (t_sync - t) / (t_sync - limit)
 
-    bound = cpu_bound = cpu_floor = None
+    bound = cpu_bound = cpu_floor = consistent = None
     nocomm = [s for s in samples.get("nocomm", []) if s.get("run_dir")]  # (timelines to read)
     if limit is not None and nocomm:
         try:
@@ -288,6 +323,9 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
                 cpu_bound = statistics.median(layerwise_bound(p, t, t_comm, slowdowns) for p, t in profiles)
                 # with no dependency between them (delayed K>=1's ideal): the compute beside the link
                 cpu_floor = overlap_window(t_compute, t_comm, *slowdowns)
+                t_delayed = med.get("delayed(k=1)", {}).get("iter_s")
+                if t_delayed is not None and math.isfinite(t_delayed):
+                    consistent = bound_consistent_with(profiles, t_comm, t_delayed, tuple(slowdowns))
         except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
             print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
     # the best of each bucket sweep (and of ddp, the reference a new method must beat)
@@ -315,6 +353,9 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
                        bound_efficiency=float("nan") if not bound or efficiency(bound) is None else efficiency(bound),
                        slowdowns=tuple(slowdowns), cpu_bound_ms=(cpu_bound or float("nan")) * 1e3,
                        cpu_floor_ms=(cpu_floor or float("nan")) * 1e3,
+                       consistent_bound_ms=(consistent or float("nan")) * 1e3,
+                       consistent_bound_efficiency=(float("nan") if not consistent or efficiency(consistent) is None
+                                                    else efficiency(consistent)),
                        cpu_bound_efficiency=(float("nan") if not cpu_bound or efficiency(cpu_bound) is None
                                              else efficiency(cpu_bound)))
     return table
@@ -349,6 +390,10 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
                      f"x{a['slowdowns'][1]:.3f} beside each other) = {a['cpu_bound_ms']:.1f} ms "
                      f"(overlap efficiency {a['cpu_bound_efficiency']:.2f}); T_compute beside T_comm with that "
                      f"cost, no dependency between them (delayed's ideal) = {a['cpu_floor_ms']:.1f} ms\n")
+            if math.isfinite(a.get("consistent_bound_ms", float("nan"))):
+                text += (f"largest such bound whose cost keeps delayed(k=1)'s ideal within its measured time "
+                         f"(costs between none and those) = {a['consistent_bound_ms']:.1f} ms (overlap efficiency "
+                         f"{a['consistent_bound_efficiency']:.2f})\n")
         best = best_line(table)
         text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -378,7 +423,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         slug = re.sub(r"[^A-Za-z0-9/]+", "-", slug).strip("-")  # Hydra's grammar dislikes ( ) =
         try:
             samples[cell][name].append(run_case(out / f"{slug}-{repeat}",
-                                                common_overrides(args, cell) + args.cases[name]))
+                                                common_overrides(args, cell) + args.cases[name], args.reuse))
         except RuntimeError as exc:
             print(f"asyncsgd-bench: {exc}", file=sys.stderr)
             sys.exit(1)

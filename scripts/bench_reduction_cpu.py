@@ -3,7 +3,8 @@
 Two workers on an emulated cluster (root + iproute2, docs/emulated-cluster.md):
 rank 0 and 1 each reduce a gradient-sized tensor through the project's own
 communicator (asyncsgd.comm, as the strategies do) while the training thread
-multiplies matrices (1 thread), and report, medians over repeats:
+multiplies matrices (1 thread; as many products as take --compute-fraction of
+the reduction alone, so the compute ends first), and report, medians over repeats:
 
 - reduce alone / reduce overlapped: the reduction's time without and with the compute;
 - compute alone / compute overlapped: the compute's time without and with the reduction
@@ -29,7 +30,13 @@ import time
 from pathlib import Path
 
 
-def worker(backend: str, progress: str, nbytes: int, repeats: int, out: Path) -> None:
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def worker(backend: str, progress: str, nbytes: int, repeats: int, fraction: float, out: Path) -> None:
     import torch
 
     from asyncsgd.comm import communicator_for
@@ -39,13 +46,20 @@ def worker(backend: str, progress: str, nbytes: int, repeats: int, out: Path) ->
     grad = torch.ones(nbytes // 4)
     a, b = torch.randn(512, 2048), torch.randn(2048, 512)
 
+    products = 1
+
     def compute() -> float:
         t0 = time.perf_counter()
-        for _ in range(10):
+        for _ in range(products):
             a @ b
         return time.perf_counter() - t0
 
     comm.allreduce(grad)  # connections are made lazily
+    # The compute must end before the reduction for the slowdowns to be read from the pair
+    # (overlap_slowdowns): size it to a fraction of the reduction alone on this machine.
+    reduce_alone = statistics.median(_timed(comm.allreduce, grad) for _ in range(3))
+    one = statistics.median(compute() for _ in range(3))
+    products = max(1, round(fraction * reduce_alone / one))
     rows = {k: [] for k in ("reduce_alone", "reduce_overlapped", "compute_alone", "compute_overlapped",
                             "other_threads_cpu")}
     for _ in range(repeats):
@@ -74,11 +88,16 @@ def main() -> int:
                    help="comma-separated: gloo, or mpi:PROGRESS (thread, blocking, test, library)")
     p.add_argument("--mbytes", type=float, default=9.54, help="reduction size in MB (the design.md CNN: 9.54)")
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--compute-fraction", type=float, default=0.6,
+                   help="the compute's length alone as a fraction of the reduction's alone (below 1: it must "
+                        "end first for s_c and s_r to be read; default 0.6)")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not 0.0 < args.compute_fraction < 1.0:
+        p.error(f"--compute-fraction {args.compute_fraction}: must be in (0, 1)")
     if args.worker:
         backend, progress, nbytes, out = args.worker
-        worker(backend, progress, int(nbytes), args.repeats, Path(out))
+        worker(backend, progress, int(nbytes), args.repeats, args.compute_fraction, Path(out))
         return 0
 
     from asyncsgd.launch.emulated import run_in_cluster
@@ -96,6 +115,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
             argv = [sys.executable, __file__, "--repeats", str(args.repeats),
+                    "--compute-fraction", str(args.compute_fraction),
                     "--worker", backend, progress or "-", str(int(args.mbytes * 1e6)), str(out)]
             with emulated_cluster(2, LinkSpec.parse(args.emulated)) as cluster:
                 run_in_cluster(cluster, backend, argv, {"OMP_NUM_THREADS": "1"}, Path(tmp), grace_s=10.0,
@@ -113,6 +133,8 @@ def main() -> int:
                 pass
         factors = " | ".join(
             f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in zip(*pairs)) if pairs else "— | —"
+        if len(pairs) < len(raw["reduce_alone"]):
+            factors += f" ({len(pairs)} of {len(raw['reduce_alone'])} repeats: in the others the compute ended last)"
         print(f"| {case} | {r['reduce_alone']:.1f} | {r['reduce_overlapped']:.1f} | {r['compute_alone']:.1f} | "
               f"{r['compute_overlapped']:.1f} | {r['other_threads_cpu']:.1f} | {factors} |", flush=True)
     return 0

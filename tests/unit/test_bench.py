@@ -138,6 +138,47 @@ def test_layerwise_bound_with_the_measured_cost_of_overlap():
             parse_args(["--overlap-cost", bad])
 
 
+def test_the_cost_of_overlap_is_bounded_by_what_delayed_measured():
+    from asyncsgd.bench import bound_consistent_with, layerwise_bound
+    from asyncsgd.projection.profile import Layer, Profile
+    from asyncsgd.projection.schedules import overlap_window
+
+    layers = [Layer("a", [100], 0.002, 0.006, 0.002), Layer("b", [200], 0.001, 0.002, 0.001),
+              Layer("c", [700], 0.002, 0.003, 0.001)]
+    profiles = [(Profile(layers=layers), 0.025)]
+    full = (1.3, 1.2)
+    none_bound = layerwise_bound(profiles[0][0], 0.025, 0.100)
+    full_bound = layerwise_bound(profiles[0][0], 0.025, 0.100, full)
+    # delayed measured at or above the full cost's ideal: the whole measured cost may be real
+    slow_delayed = overlap_window(0.025, 0.100, *full)
+    assert bound_consistent_with(profiles, 0.100, slow_delayed, full) == pytest.approx(full_bound)
+    # delayed at the link's time: no cost of overlap is consistent with it but none
+    assert bound_consistent_with(profiles, 0.100, 0.100, full) == pytest.approx(none_bound)
+    # faster than even no cost allows: nothing is consistent
+    assert bound_consistent_with(profiles, 0.100, 0.099, full) is None
+    # in between: between the two bounds, and the cost it picked keeps delayed's ideal within it
+    middle = bound_consistent_with(profiles, 0.100, 0.5 * (0.100 + slow_delayed), full)
+    assert none_bound < middle < full_bound
+
+
+def test_a_finished_run_is_read_not_run_again_with_reuse(tmp_path, monkeypatch):
+    import json
+
+    import asyncsgd.bench as bench
+
+    run = tmp_path / "sync-0"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"status": "complete", "allreduce_alone_s": 0.08}))
+    rows = ["kind,t_iter,t_comm_wait"] + [f"iter,{0.1 + 0.01 * i},0.05" for i in range(8)]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("ran the case again"))
+    got = bench.run_case(run, ["strategy=sync"], reuse=True)
+    assert got["iter_s"] == pytest.approx(0.1 + 0.01 * 6) and got["allreduce_alone_s"] == 0.08  # steps 5-7
+    (run / "summary.json").write_text(json.dumps({"status": "failed"}))  # a failed run is run again
+    with pytest.raises(pytest.fail.Exception):
+        bench.run_case(run, ["strategy=sync"], reuse=True)
+
+
 def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsys):
     assert "layerwise(priority+auto)" not in parse_args([]).strategies.split(",")
     with pytest.raises(SystemExit) as exc:
