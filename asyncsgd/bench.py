@@ -93,7 +93,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--overlap-cost", default=None, metavar="SC,SR",
                    help="also give the layerwise bound with the measured cost of overlap: compute beside a "
                         "reduction runs SC times slower and the reduction SR times slower "
-                        "(scripts/bench_reduction_cpu.py prints both), e.g. 1.17,1.10")
+                        "(scripts/bench_reduction_cpu.py prints both, for one reduction size and link rate: "
+                        "the same factors are applied to every cell of a sweep), e.g. 1.17,1.10")
     p.add_argument("--out", type=Path, default=None, help="directory for run dirs, bench.csv and bench.md")
     p.add_argument("--reuse", action="store_true",
                    help="read the runs that finished in --out before instead of running them again (a benchmark "
@@ -142,6 +143,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             args.slowdowns = ()
         if len(args.slowdowns) != 2 or not all(math.isfinite(x) and x >= 1.0 for x in args.slowdowns):
             p.error(f"--overlap-cost {args.overlap_cost}: expected two factors >= 1, SC,SR (e.g. 1.17,1.10)")
+    if args.reuse and args.out is None:
+        p.error("--reuse reads the runs of an earlier --out: give that --out")
     if args.world_size < 1 or min(args.batches) < 1 or args.steps < 6 or args.repeats < 1:
         p.error("--world-size, --batch and --repeats must be >= 1, --steps >= 6")
     return args
@@ -255,8 +258,9 @@ def bound_consistent_with(profiles: List[Tuple["Profile", float]], t_comm: float
 
 
 def run_case(run_dir: Path, overrides: List[str], reuse: bool = False) -> Dict[str, float]:
-    """Run one case into ``run_dir`` and read its figures; ``reuse``: read a run that finished there before."""
-    if not (reuse and _finished(run_dir)):
+    """Run one case into ``run_dir`` and read its figures; ``reuse``: read a run that finished there
+    before with the same overrides (one made with others is run again, and replaced)."""
+    if not (reuse and _finished(run_dir, overrides)):
         cmd = [sys.executable, "-m", "asyncsgd.cli", *overrides, f"hydra.run.dir={run_dir}"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
@@ -265,10 +269,15 @@ def run_case(run_dir: Path, overrides: List[str], reuse: bool = False) -> Dict[s
     return read_case(run_dir)
 
 
-def _finished(run_dir: Path) -> bool:
+def _finished(run_dir: Path, overrides: List[str]) -> bool:
+    """A complete run of exactly these overrides (Hydra's record of the run's command line)."""
+    import yaml
+
     try:
-        return read_json(run_dir / "summary.json").get("status") == "complete"
-    except (OSError, ValueError, AttributeError):
+        recorded = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+        return (read_json(run_dir / "summary.json").get("status") == "complete"
+                and [str(o) for o in recorded or []] == [str(o) for o in overrides])
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return False
 
 
@@ -309,6 +318,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
         return (t_sync - t) / (t_sync - limit)
 
     bound = cpu_bound = cpu_floor = consistent = None
+    delayed_beats_floor = False
     nocomm = [s for s in samples.get("nocomm", []) if s.get("run_dir")]  # (timelines to read)
     if limit is not None and nocomm:
         try:
@@ -326,6 +336,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
                 t_delayed = med.get("delayed(k=1)", {}).get("iter_s")
                 if t_delayed is not None and math.isfinite(t_delayed):
                     consistent = bound_consistent_with(profiles, t_comm, t_delayed, tuple(slowdowns))
+                    delayed_beats_floor = consistent is None
         except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
             print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
     # the best of each bucket sweep (and of ddp, the reference a new method must beat)
@@ -353,7 +364,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
                        bound_efficiency=float("nan") if not bound or efficiency(bound) is None else efficiency(bound),
                        slowdowns=tuple(slowdowns), cpu_bound_ms=(cpu_bound or float("nan")) * 1e3,
                        cpu_floor_ms=(cpu_floor or float("nan")) * 1e3,
-                       consistent_bound_ms=(consistent or float("nan")) * 1e3,
+                       consistent_bound_ms=(consistent or float("nan")) * 1e3, delayed_beats_floor=delayed_beats_floor,
                        consistent_bound_efficiency=(float("nan") if not consistent or efficiency(consistent) is None
                                                     else efficiency(consistent)),
                        cpu_bound_efficiency=(float("nan") if not cpu_bound or efficiency(cpu_bound) is None
@@ -385,7 +396,9 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
                  f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n"
                  f"bound of layerwise(wait_at=forward) from nocomm's per-layer times = {a['bound_ms']:.1f} ms "
                  f"(overlap efficiency {a['bound_efficiency']:.2f} at the bound)\n")
-        if a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0):
+        if a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0) and not math.isfinite(a.get("cpu_bound_ms", float("nan"))):
+            text += "no bound with the cost of overlap: it needs nocomm runs with timelines and a sync run\n"
+        elif a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0):
             text += (f"the same bound with the cost of overlap (compute x{a['slowdowns'][0]:.3f}, reduction "
                      f"x{a['slowdowns'][1]:.3f} beside each other) = {a['cpu_bound_ms']:.1f} ms "
                      f"(overlap efficiency {a['cpu_bound_efficiency']:.2f}); T_compute beside T_comm with that "
@@ -394,6 +407,9 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
                 text += (f"largest such bound whose cost keeps delayed(k=1)'s ideal within its measured time "
                          f"(costs between none and those) = {a['consistent_bound_ms']:.1f} ms (overlap efficiency "
                          f"{a['consistent_bound_efficiency']:.2f})\n")
+            elif a.get("delayed_beats_floor"):
+                text += ("no cost of overlap is consistent with delayed(k=1): it measured faster than T_compute "
+                         "beside T_comm with no cost at all\n")
         best = best_line(table)
         text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"
@@ -432,7 +448,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pd.concat([t.assign(progress=c.mode, link=c.link, batch=c.batch, t_compute_ms=t.attrs["t_compute_ms"],
                         t_comm_ms=t.attrs["t_comm_ms"], layerwise_bound_ms=t.attrs["bound_ms"],
-                        layerwise_bound_cpu_ms=t.attrs["cpu_bound_ms"])
+                        layerwise_bound_cpu_ms=t.attrs["cpu_bound_ms"],
+                        layerwise_bound_consistent_ms=t.attrs["consistent_bound_ms"])
                for c, t in tables.items()]).to_csv(
         out / "bench.csv", index=False)
     atomic_write_text(out / "bench.md", text)

@@ -754,6 +754,8 @@ def overlap_window(compute: float, link: float, compute_slowdown: float = 1.0,
     if not (math.isfinite(compute_slowdown) and math.isfinite(reduction_slowdown)) \
             or compute_slowdown < 1.0 or reduction_slowdown < 1.0:
         raise ValueError(f"slowdowns must be >= 1 (got compute {compute_slowdown}, reduction {reduction_slowdown})")
+    if not (math.isfinite(compute) and math.isfinite(link)):
+        raise ValueError(f"overlap_window needs finite times (got compute {compute}, link {link})")
     if compute <= 0.0 or link <= 0.0:
         return max(compute, link, 0.0)
     gain = 1.0 - compute_slowdown * (1.0 - 1.0 / reduction_slowdown)  # time saved per second overlapped
@@ -768,8 +770,9 @@ def overlap_slowdowns(reduce_alone: float, reduce_overlapped: float, compute_alo
     ran beside the reduction throughout when it ended first); the reduction ran beside the compute
     for compute_overlapped seconds and alone for the rest, in which it did that much of its work, so
     s_r = compute_overlapped / (reduce_alone - (reduce_overlapped - compute_overlapped))."""
-    if min(reduce_alone, reduce_overlapped, compute_alone, compute_overlapped) <= 0:
-        raise ValueError("overlap_slowdowns needs positive times")
+    times = (reduce_alone, reduce_overlapped, compute_alone, compute_overlapped)
+    if not all(math.isfinite(t) and t > 0 for t in times):
+        raise ValueError(f"overlap_slowdowns needs positive, finite times (got {times})")
     if compute_overlapped > reduce_overlapped:
         raise ValueError("overlap_slowdowns needs a compute that ends before the reduction "
                          f"({compute_overlapped:.4g} s after a reduction of {reduce_overlapped:.4g} s): "

@@ -129,7 +129,7 @@ def test_layerwise_bound_with_the_measured_cost_of_overlap():
     # the report says which factors its second bound used (no timelines here: no bound to give)
     table = summarize({"nocomm": _runs(30), "sync": _runs(120, alone_ms=80)}, (1.2, 1.1))
     text = render({Cell(None, None, 32): table}, parse_args(["--overlap-cost", "1.2,1.1"]))
-    assert "with the cost of overlap (compute x1.200, reduction x1.100" in text
+    assert "no bound with the cost of overlap: it needs nocomm runs with timelines" in text
     assert "cost of overlap" not in render({Cell(None, None, 32): summarize({"sync": _runs(120)})}, parse_args([]))
     assert parse_args(["--overlap-cost", "1.17,1.10"]).slowdowns == (1.17, 1.10)
     assert parse_args([]).slowdowns == (1.0, 1.0)
@@ -171,12 +171,18 @@ def test_a_finished_run_is_read_not_run_again_with_reuse(tmp_path, monkeypatch):
     (run / "summary.json").write_text(json.dumps({"status": "complete", "allreduce_alone_s": 0.08}))
     rows = ["kind,t_iter,t_comm_wait"] + [f"iter,{0.1 + 0.01 * i},0.05" for i in range(8)]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- model=cnn\n- strategy=sync\n")
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("ran the case again"))
-    got = bench.run_case(run, ["strategy=sync"], reuse=True)
+    got = bench.run_case(run, ["model=cnn", "strategy=sync"], reuse=True)
     assert got["iter_s"] == pytest.approx(0.1 + 0.01 * 6) and got["allreduce_alone_s"] == 0.08  # steps 5-7
-    (run / "summary.json").write_text(json.dumps({"status": "failed"}))  # a failed run is run again
+    with pytest.raises(pytest.fail.Exception):  # a run made with other overrides is run again
+        bench.run_case(run, ["model=cnn", "strategy=sync", "train.batch_size=8"], reuse=True)
+    (run / "summary.json").write_text(json.dumps({"status": "failed"}))  # so is a failed run
     with pytest.raises(pytest.fail.Exception):
-        bench.run_case(run, ["strategy=sync"], reuse=True)
+        bench.run_case(run, ["model=cnn", "strategy=sync"], reuse=True)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--reuse"])  # nothing to reuse without --out
 
 
 def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsys):

@@ -266,6 +266,11 @@ def test_overlap_window_with_the_cost_measured_on_gloo():
         overlap_slowdowns(93.0, 101.0, 78.3, 120.0)  # the compute outlived the reduction
     with pytest.raises(ValueError):
         overlap_window(36, 83, 0.9, 1.0)
+    for bad in ((36, float("nan")), (float("nan"), 83)):
+        with pytest.raises(ValueError):
+            overlap_window(*bad, 1.1, 1.1)
+    with pytest.raises(ValueError):
+        overlap_slowdowns(83.0, 88.0, 33.0, float("nan"))
 
 
 def test_layerwise_bound_with_the_cost_of_overlap():
