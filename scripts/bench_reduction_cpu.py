@@ -3,8 +3,9 @@
 Two workers on an emulated cluster (root + iproute2, docs/emulated-cluster.md):
 rank 0 and 1 each reduce a gradient-sized tensor through the project's own
 communicator (asyncsgd.comm, as the strategies do) while the training thread
-multiplies matrices (1 thread; as many products as take --compute-fraction of
-the reduction alone, so the compute ends first), and report, medians over repeats:
+multiplies matrices, or with --compute cnn runs the design.md CNN's forward and
+backward (1 thread; as many as take --compute-fraction of the reduction alone,
+so the compute ends first), and report, medians over repeats:
 
 - reduce alone / reduce overlapped: the reduction's time without and with the compute;
 - compute alone / compute overlapped: the compute's time without and with the reduction
@@ -36,7 +37,8 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t0
 
 
-def worker(backend: str, progress: str, nbytes: int, repeats: int, fraction: float, out: Path) -> None:
+def worker(backend: str, progress: str, nbytes: int, repeats: int, fraction: float, kind: str, batch: int,
+           out: Path) -> None:
     import torch
 
     from asyncsgd.comm import communicator_for
@@ -44,14 +46,28 @@ def worker(backend: str, progress: str, nbytes: int, repeats: int, fraction: flo
     torch.set_num_threads(1)
     comm = communicator_for(backend, 120, progress=progress)
     grad = torch.ones(nbytes // 4)
-    a, b = torch.randn(512, 2048), torch.randn(2048, 512)
+    if kind == "cnn":  # the training step itself: forward and backward of the design.md CNN
+        from asyncsgd.config import CNNConfig
+        from asyncsgd.models import build_model
+
+        model = build_model(CNNConfig(), (3, 32, 32), 10)
+        x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+
+        def unit() -> None:
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+    else:
+        a, b = torch.randn(512, 2048), torch.randn(2048, 512)
+
+        def unit() -> None:
+            a @ b
 
     products = 1
 
     def compute() -> float:
         t0 = time.perf_counter()
         for _ in range(products):
-            a @ b
+            unit()
         return time.perf_counter() - t0
 
     comm.allreduce(grad)  # connections are made lazily
@@ -91,13 +107,18 @@ def main() -> int:
     p.add_argument("--compute-fraction", type=float, default=0.6,
                    help="the compute's length alone as a fraction of the reduction's alone (below 1: it must "
                         "end first for s_c and s_r to be read; default 0.6)")
+    p.add_argument("--compute", choices=["matmul", "cnn"], default="matmul",
+                   help="the compute beside the reduction: matrix products, or forward and backward steps of the "
+                        "design.md CNN on synthetic 3x32x32 input (the training step the bound is about)")
+    p.add_argument("--batch", type=int, default=32, help="--compute cnn: the batch per step")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not 0.0 < args.compute_fraction < 1.0:
         p.error(f"--compute-fraction {args.compute_fraction}: must be in (0, 1)")
     if args.worker:
         backend, progress, nbytes, out = args.worker
-        worker(backend, progress, int(nbytes), args.repeats, args.compute_fraction, Path(out))
+        worker(backend, progress, int(nbytes), args.repeats, args.compute_fraction, args.compute, args.batch,
+               Path(out))
         return 0
 
     from asyncsgd.launch.emulated import run_in_cluster
@@ -105,7 +126,8 @@ def main() -> int:
     from asyncsgd.launch.netns import LinkSpec, emulated_cluster
     from asyncsgd.projection.schedules import overlap_slowdowns
 
-    print(f"{args.mbytes} MB allreduce, 2 workers over emulated {args.emulated} links, 1 thread, "
+    beside = "matrix products" if args.compute == "matmul" else f"CNN steps (batch {args.batch})"
+    print(f"{args.mbytes} MB allreduce beside {beside}, 2 workers over emulated {args.emulated} links, 1 thread, "
           f"medians of {args.repeats} (ms)")
     print("| case | reduce alone | reduce overlapped | compute alone | compute overlapped | other threads' CPU "
           "| s_c | s_r |")
@@ -115,7 +137,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
             argv = [sys.executable, __file__, "--repeats", str(args.repeats),
-                    "--compute-fraction", str(args.compute_fraction),
+                    "--compute-fraction", str(args.compute_fraction), "--compute", args.compute,
+                    "--batch", str(args.batch),
                     "--worker", backend, progress or "-", str(int(args.mbytes * 1e6)), str(out)]
             with emulated_cluster(2, LinkSpec.parse(args.emulated)) as cluster:
                 run_in_cluster(cluster, backend, argv, {"OMP_NUM_THREADS": "1"}, Path(tmp), grace_s=10.0,
