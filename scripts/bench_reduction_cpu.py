@@ -75,7 +75,7 @@ def worker(backend: str, progress: str, nbytes: int, repeats: int, fraction: flo
     # (overlap_slowdowns): size it to a fraction of the reduction alone on this machine.
     reduce_alone = statistics.median(_timed(comm.allreduce, grad) for _ in range(3))
     one = statistics.median(compute() for _ in range(3))
-    products = max(1, round(fraction * reduce_alone / one))
+    products = max(1, int(fraction * reduce_alone / one))  # at most the fraction (one CNN step is ~half of it)
     rows = {k: [] for k in ("reduce_alone", "reduce_overlapped", "compute_alone", "compute_overlapped",
                             "other_threads_cpu")}
     for _ in range(repeats):
