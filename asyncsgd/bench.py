@@ -273,12 +273,15 @@ def _finished(run_dir: Path, overrides: List[str]) -> bool:
     """A complete run of exactly these overrides (Hydra's record of the run's command line)."""
     import yaml
 
+    from .runinfo import run_status
+
+    if run_status(run_dir) != "complete":
+        return False
     try:
         recorded = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
-        return (read_json(run_dir / "summary.json").get("status") == "complete"
-                and [str(o) for o in recorded or []] == [str(o) for o in overrides])
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError):
         return False
+    return isinstance(recorded, list) and [str(o) for o in recorded] == [str(o) for o in overrides]
 
 
 def read_case(run_dir: Path) -> Dict[str, float]:
@@ -304,6 +307,7 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
               slowdowns: Tuple[float, float] = (1.0, 1.0)) -> pd.DataFrame:
     """Medians over repeats, speedup over sync and overlap efficiency (one progress mode); with
     ``slowdowns`` other than (1, 1) also the bound with that cost of overlap (``--overlap-cost``)."""
+    slowdowns = tuple(slowdowns)
     med = {name: {k: statistics.median([s[k] for s in runs if s.get(k) is not None] or [float("nan")])
                   for k in ("iter_s", "comm_wait_s", "allreduce_alone_s")}
            for name, runs in samples.items()}
@@ -329,13 +333,13 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
             # them, as T_compute is the median of the repeats
             profiles = [(profile_from_run(s["run_dir"]), s["iter_s"]) for s in nocomm]
             bound = statistics.median(layerwise_bound(p, t, t_comm) for p, t in profiles)
-            if tuple(slowdowns) != (1.0, 1.0):
+            if slowdowns != (1.0, 1.0):
                 cpu_bound = statistics.median(layerwise_bound(p, t, t_comm, slowdowns) for p, t in profiles)
                 # with no dependency between them (delayed K>=1's ideal): the compute beside the link
                 cpu_floor = overlap_window(t_compute, t_comm, *slowdowns)
                 t_delayed = med.get("delayed(k=1)", {}).get("iter_s")
                 if t_delayed is not None and math.isfinite(t_delayed):
-                    consistent = bound_consistent_with(profiles, t_comm, t_delayed, tuple(slowdowns))
+                    consistent = bound_consistent_with(profiles, t_comm, t_delayed, slowdowns)
                     delayed_beats_floor = consistent is None
         except (ValueError, OSError) as exc:  # a run without a usable timeline: no bound, say why
             print(f"asyncsgd-bench: no layerwise bound: {exc}", file=sys.stderr)
@@ -359,16 +363,19 @@ def summarize(samples: Dict[str, List[Dict[str, float]]],
             row["speedup_vs_best_ddp"] = t_ddp / m["iter_s"]
         rows.append(row)
     table = pd.DataFrame(rows)
-    table.attrs.update(t_compute_ms=(t_compute or float("nan")) * 1e3, t_comm_ms=(t_comm or float("nan")) * 1e3,
-                       limit_ms=(limit or float("nan")) * 1e3, best=best, bound_ms=(bound or float("nan")) * 1e3,
-                       bound_efficiency=float("nan") if not bound or efficiency(bound) is None else efficiency(bound),
-                       slowdowns=tuple(slowdowns), cpu_bound_ms=(cpu_bound or float("nan")) * 1e3,
-                       cpu_floor_ms=(cpu_floor or float("nan")) * 1e3,
-                       consistent_bound_ms=(consistent or float("nan")) * 1e3, delayed_beats_floor=delayed_beats_floor,
-                       consistent_bound_efficiency=(float("nan") if not consistent or efficiency(consistent) is None
-                                                    else efficiency(consistent)),
-                       cpu_bound_efficiency=(float("nan") if not cpu_bound or efficiency(cpu_bound) is None
-                                             else efficiency(cpu_bound)))
+
+    def ms(t: Optional[float]) -> float:  # NaN where there is no figure
+        return (t or float("nan")) * 1e3
+
+    def efficiency_at(t: Optional[float]) -> float:
+        e = efficiency(t) if t else None
+        return float("nan") if e is None else e
+
+    table.attrs.update(t_compute_ms=ms(t_compute), t_comm_ms=ms(t_comm), limit_ms=ms(limit), best=best,
+                       bound_ms=ms(bound), bound_efficiency=efficiency_at(bound), slowdowns=slowdowns,
+                       cpu_bound_ms=ms(cpu_bound), cpu_bound_efficiency=efficiency_at(cpu_bound),
+                       cpu_floor_ms=ms(cpu_floor), consistent_bound_ms=ms(consistent),
+                       consistent_bound_efficiency=efficiency_at(consistent), delayed_beats_floor=delayed_beats_floor)
     return table
 
 
@@ -384,6 +391,24 @@ def best_line(table: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def overlap_cost_text(a: dict) -> str:
+    """The lines ``--overlap-cost`` adds under a cell's bound (``a``: the summary table's attrs)."""
+    if not math.isfinite(a.get("cpu_bound_ms", float("nan"))):
+        return "no bound with the cost of overlap: it needs nocomm runs with timelines and a sync run\n"
+    text = (f"the same bound with the cost of overlap (compute x{a['slowdowns'][0]:.3f}, reduction "
+            f"x{a['slowdowns'][1]:.3f} beside each other) = {a['cpu_bound_ms']:.1f} ms "
+            f"(overlap efficiency {a['cpu_bound_efficiency']:.2f}); T_compute beside T_comm with that "
+            f"cost, no dependency between them (delayed's ideal) = {a['cpu_floor_ms']:.1f} ms\n")
+    if math.isfinite(a.get("consistent_bound_ms", float("nan"))):
+        text += (f"largest such bound whose cost keeps delayed(k=1)'s ideal within its measured time "
+                 f"(costs between none and those) = {a['consistent_bound_ms']:.1f} ms (overlap efficiency "
+                 f"{a['consistent_bound_efficiency']:.2f})\n")
+    elif a.get("delayed_beats_floor"):
+        text += ("no cost of overlap is consistent with delayed(k=1): it measured faster than T_compute "
+                 "beside T_comm with no cost at all\n")
+    return text
+
+
 def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
     text = (f"model={args.model} input={args.shape} batch={args.batch}/worker world_size={args.world_size} "
             f"backend={args.backend} threads={args.threads} steps={args.steps} repeats={args.repeats}"
@@ -396,20 +421,8 @@ def render(tables: Dict[Cell, pd.DataFrame], args: argparse.Namespace) -> str:
                  f"{a['t_comm_ms']:.1f} ms, limit max(T_compute, T_comm) = {a['limit_ms']:.1f} ms\n"
                  f"bound of layerwise(wait_at=forward) from nocomm's per-layer times = {a['bound_ms']:.1f} ms "
                  f"(overlap efficiency {a['bound_efficiency']:.2f} at the bound)\n")
-        if a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0) and not math.isfinite(a.get("cpu_bound_ms", float("nan"))):
-            text += "no bound with the cost of overlap: it needs nocomm runs with timelines and a sync run\n"
-        elif a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0):
-            text += (f"the same bound with the cost of overlap (compute x{a['slowdowns'][0]:.3f}, reduction "
-                     f"x{a['slowdowns'][1]:.3f} beside each other) = {a['cpu_bound_ms']:.1f} ms "
-                     f"(overlap efficiency {a['cpu_bound_efficiency']:.2f}); T_compute beside T_comm with that "
-                     f"cost, no dependency between them (delayed's ideal) = {a['cpu_floor_ms']:.1f} ms\n")
-            if math.isfinite(a.get("consistent_bound_ms", float("nan"))):
-                text += (f"largest such bound whose cost keeps delayed(k=1)'s ideal within its measured time "
-                         f"(costs between none and those) = {a['consistent_bound_ms']:.1f} ms (overlap efficiency "
-                         f"{a['consistent_bound_efficiency']:.2f})\n")
-            elif a.get("delayed_beats_floor"):
-                text += ("no cost of overlap is consistent with delayed(k=1): it measured faster than T_compute "
-                         "beside T_comm with no cost at all\n")
+        if a.get("slowdowns", (1.0, 1.0)) != (1.0, 1.0):  # --overlap-cost
+            text += overlap_cost_text(a)
         best = best_line(table)
         text += (best + "\n" if best else "") + "\n"
         text += table.to_markdown(index=False, floatfmt=".2f") + "\n"

@@ -78,6 +78,14 @@ def base_summary(cfg: Config, world_size: Optional[int] = None) -> Dict[str, Any
     }
 
 
+def run_status(run_dir: Path) -> Optional[str]:
+    """summary.json's status (running, complete, failed, interrupted); None without a readable one."""
+    try:
+        return read_json(Path(run_dir) / "summary.json").get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def update_summary(run_dir: Path, **values: Any) -> Dict[str, Any]:
     """Merge ``values`` into summary.json (atomically); stamps finished_at on a final status."""
     path = Path(run_dir) / "summary.json"

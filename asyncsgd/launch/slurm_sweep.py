@@ -26,12 +26,14 @@ def wait_for_jobs(jobs: Sequence, run_dirs: Sequence[Path], poll_s: float = 1.0)
     have ended without a result file, so sacct is asked about it every
     :data:`FAILED_POLL_S` seconds.
     """
+    from ..runinfo import run_status
+
     pending = list(range(len(jobs)))
     asked: dict = {}
     while pending:
         still = []
         for i in pending:
-            if _status(run_dirs[i]) == "failed" and time.monotonic() - asked.get(i, float("-inf")) > FAILED_POLL_S:
+            if run_status(run_dirs[i]) == "failed" and time.monotonic() - asked.get(i, float("-inf")) > FAILED_POLL_S:
                 jobs[i].get_info(mode="force")
                 asked[i] = time.monotonic()
             if not jobs[i].done():
@@ -87,15 +89,6 @@ def _base_summary(config) -> dict:
     except Exception:  # the job's config itself is what failed: no fields to add
         return {}
     return base_summary(cfg)
-
-
-def _status(run_dir: Path) -> Optional[str]:
-    from ..io import read_json
-
-    try:
-        return read_json(run_dir / "summary.json").get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def _last_line(text: str) -> str:
