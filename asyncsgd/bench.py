@@ -60,6 +60,19 @@ CASES = {
 }
 
 
+# any case with "+nice" appended: the same, with the training thread yielding the CPU to the
+# backend's threads (backend.compute_nice, asyncsgd.comm.priority), to compare in one invocation
+NICE = "+nice"
+NICE_OVERRIDES = ["backend.compute_nice=19"]
+
+
+def case_overrides(name: str) -> Optional[List[str]]:
+    """A case's overrides, ``None`` for an unknown name."""
+    if name.endswith(NICE) and name[:-len(NICE)] in CASES:
+        return CASES[name[:-len(NICE)]] + NICE_OVERRIDES
+    return CASES.get(name)
+
+
 # cases whose first steps are not steady state for long: the least --steps that leaves 10 after
 # their warm-up (bucket_mb=auto: 1 + 3 x 5 trial steps, then 4 of the kept layout's EDF calibration)
 SLOW_TO_SETTLE = {"layerwise(priority+auto)": 30}
@@ -80,7 +93,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="steps per run (the first 5 are warm-up, or more where the strategy settles later)")
     p.add_argument("--repeats", type=int, default=1, help="runs per strategy; medians are reported")
     p.add_argument("--strategies", default=",".join(c for c in CASES if c not in SLOW_TO_SETTLE),
-                   help=f"subset of {','.join(CASES)} (default: all but {', '.join(SLOW_TO_SETTLE)})")
+                   help=f"subset of {','.join(CASES)}, each also with {NICE} appended (the training thread "
+                        f"yields the CPU to the backend's threads: {' '.join(NICE_OVERRIDES)}) "
+                        f"(default: all but {', '.join(SLOW_TO_SETTLE)})")
     p.add_argument("--buckets", default="1,4,25",
                    help="bucket sizes in MiB (strategy.bucket_mb) that ddp runs with; the best is reported")
     p.add_argument("--layerwise-buckets", default=None,
@@ -101,13 +116,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "cut short continues; the same command with other report options re-makes bench.md)")
     p.add_argument("overrides", nargs="*", help="extra asyncsgd-run overrides, e.g. strategy.bucket_mb=1")
     args = p.parse_args(argv)
-    unknown = [s for s in args.strategies.split(",") if s not in CASES]
+    unknown = [s for s in args.strategies.split(",") if case_overrides(s) is None]
     if unknown:
-        p.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
-    slow = [s for s in args.strategies.split(",") if s in SLOW_TO_SETTLE and args.steps < SLOW_TO_SETTLE[s]]
+        p.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(CASES)} (each also with {NICE} appended)")
+    settle = {s: SLOW_TO_SETTLE.get(s.removesuffix(NICE), 0) for s in args.strategies.split(",")}
+    slow = [s for s, least in settle.items() if args.steps < least]
     if slow:
         p.error(f"--steps {args.steps}: {', '.join(slow)} needs at least "
-                f"{max(SLOW_TO_SETTLE[s] for s in slow)} (its first steps time candidate layouts)")
+                f"{max(settle[s] for s in slow)} (its first steps time candidate layouts)")
     if args.backend == "mpi" and "ddp" in args.strategies.split(","):
         args.strategies = ",".join(s for s in args.strategies.split(",") if s != "ddp")  # DDP needs torch.distributed
     if args.progress and args.backend != "mpi":
@@ -165,7 +181,9 @@ def expand_cases(names: List[str], ddp_sizes: List[float], layerwise_sizes: List
     and ``layerwise(priority)`` (per layer) gains ``layerwise(priority,4MB)``..."""
     cases: Dict[str, List[str]] = {}
     for name in names:
-        cases[name] = CASES[name]  # ddp: torch's default buckets, then each size
+        cases[name] = case_overrides(name)  # ddp: torch's default buckets, then each size
+        if name.endswith(NICE):  # a variant of one case: no sweep of its own
+            continue
         if name == "ddp":
             sweep = [(f"ddp({mb:g}MB)", mb) for mb in ddp_sizes]
         else:

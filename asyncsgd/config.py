@@ -236,9 +236,15 @@ class VGG11Config(ModelConfig):
 class BackendConfig:
     name: str = MISSING
     timeout_s: float = 120.0  # a collective that takes longer than this fails the job
+    # Added to the training thread's nice value once the backend's threads exist, so that they
+    # preempt the compute when a reduction needs the CPU (asyncsgd.comm.priority; Linux; 0 = off).
+    # Off by default: on a node shared with other jobs the training thread would yield to them too.
+    compute_nice: int = 0
 
     def __post_init__(self) -> None:
         _require(self.timeout_s > 0, f"backend.timeout_s={self.timeout_s} must be > 0")
+        _require(0 <= self.compute_nice <= 19,
+                 f"backend.compute_nice={self.compute_nice} must be in [0, 19] (a thread may only lower its priority)")
 
 
 MPI_PROGRESS = ["auto", "thread", "blocking", "test", "library"]

@@ -32,7 +32,8 @@ class Timeline:
         self.active = False
         self.step = 0
         self.events: List[dict] = []
-        self._pending_comm: List[tuple] = []  # (name, handle, started_at, nbytes, step, grad_step, channel)
+        # (name, handle, started_at, nbytes, step, grad_step, channel, seconds the start call took)
+        self._pending_comm: List[tuple] = []
         self._backward_mark: Optional[float] = None
         self._hooks: list = []
         self.origin = time.perf_counter()
@@ -71,14 +72,15 @@ class Timeline:
         """A reduction (of the gradient of ``grad_step``, on ``channel``) started at ``started_at``;
         drawn once its handle knows when it ended."""
         if self.active:
+            issue = time.perf_counter() - started_at  # the training thread's time handing it to the backend
             handle.track_completion()
             grad_step = self.step if grad_step is None else grad_step
-            self._pending_comm.append((name, handle, started_at, nbytes, self.step, grad_step, channel))
+            self._pending_comm.append((name, handle, started_at, nbytes, self.step, grad_step, channel, issue))
 
     def _collect_comm(self, force: bool = False) -> None:
         still = []
         for pending in self._pending_comm:
-            name, handle, start, nbytes, step, grad_step, channel = pending
+            name, handle, start, nbytes, step, grad_step, channel, issue = pending
             end = handle.completed_at
             if end is None and not force:
                 still.append(pending)
@@ -87,7 +89,8 @@ class Timeline:
             self.events.append({
                 "name": name, "ph": "X", "pid": self.rank, "tid": COMM,
                 "ts": (start - self.origin) * 1e6, "dur": max(end - start, 0.0) * 1e6,
-                "args": {"step": step, "grad_step": grad_step, "bytes": nbytes, "channel": channel},
+                "args": {"step": step, "grad_step": grad_step, "bytes": nbytes, "channel": channel,
+                         "issue_us": round(issue * 1e6, 1)},
             })
         self._pending_comm = still
 

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from .checkpoint import Checkpointer, Position, resolve_resume, restore_rng
 from .collapse import TrainingCollapsed, chance_loss, detect
 from .comm import Communicator
+from .comm.priority import yield_to_backend
 from .config import Config
 from .data import load_dataset, make_eval_loader, make_train_loader
 from .io import atomic_torch_save
@@ -56,6 +57,8 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
     strategy = make_strategy(cfg.strategy, comm, timer, timeline, clip_norm=cfg.train.grad_clip_norm)
     strategy.nonfinite = cfg.train.nonfinite
     net = strategy.attach(model, sgd_factory(cfg))
+    # after attach: the backend's threads (a process group per channel) exist and keep their priority
+    cpu_priority = yield_to_backend(cfg.backend.compute_nice)
     timeline.watch(model)
     comm_alone = measure_allreduce(comm, model) if cfg.train.measure_comm else None
     loader = make_train_loader(data.train, cfg.train.batch_size, comm.rank, comm.size, cfg.seed, cfg.dataset.shuffle,
@@ -147,6 +150,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
 
     summary = tracker.summary(model, strategy)
     summary["allreduce_alone_s"] = comm_alone
+    summary["cpu_priority"] = cpu_priority
     if cfg.timeline:
         events = gather_timeline(timeline, comm, cfg.timeline_all_ranks)
         if writer:

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 
 from .base import CommTimeout, Communicator, DoneHandle, Handle
+from . import priority
+from .priority import Spawner
 
 # Back-off of the communication thread between MPI_Test polls while reductions are in
 # flight: short enough that a socket buffer (hundreds of KB) never runs dry at 10 Gbit/s,
@@ -168,6 +170,9 @@ class MPICommunicator(Communicator):
         self._threaded = progress in ("thread", "blocking")
         # progress=blocking: one queue per channel; channel 0's unfinished tasks are its work
         self._channel_queues: List["queue.Queue[Optional[_ThreadHandle]]"] = []
+        # communication threads started later (a switch of progress mode) keep the priority threads
+        # have now, even after the training thread has lowered its own (backend.compute_nice)
+        self._spawner = Spawner("asyncsgd-mpi-spawner")
         self._start_threads()
 
     def suit_reductions(self, per_step: int) -> None:
@@ -185,7 +190,7 @@ class MPICommunicator(Communicator):
     def _start_threads(self) -> None:
         if self.progress_mode == "thread":
             self._threads.append(threading.Thread(target=self._serve, name="asyncsgd-mpi-comm", daemon=True))
-            self._threads[0].start()
+            self._spawner.start(self._threads[0])
         elif self.progress_mode == "blocking":
             for channel in range(len(self.comms)):
                 self._start_channel_thread(channel)
@@ -220,7 +225,7 @@ class MPICommunicator(Communicator):
         thread = threading.Thread(target=self._serve_blocking, args=(channel, self._channel_queues[channel]),
                                   name=f"asyncsgd-mpi-comm-{channel}", daemon=True)
         self._threads.append(thread)
-        thread.start()
+        self._spawner.start(thread)
 
     # -- communication thread -------------------------------------------------
     def _serve(self) -> None:
@@ -373,6 +378,7 @@ class MPICommunicator(Communicator):
         for handle in list(self._pending):
             handle.wait()
         self._stop_threads()
+        self._spawner.close()
         for comm in self.comms:
             comm.Free()
 
@@ -383,4 +389,6 @@ class MPICommunicator(Communicator):
         info["progress_auto"] = self.adaptive
         info["max_inflight"] = self.max_inflight
         info["thread_level_multiple"] = self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE
+        if priority.supported():  # the communication threads running now (started by the spawner)
+            info["comm_threads_nice"] = [priority.thread_nice(t.native_id) for t in self._threads if t.is_alive()]
         return info

@@ -6,6 +6,8 @@ from collections import defaultdict
 
 import pytest
 
+from asyncsgd import comm_profile
+
 from ..conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -43,6 +45,14 @@ def test_layerwise_reductions_start_during_backward_and_sync_after_it(workdir):
         first_start = min(e["ts"] for e in reductions[step])
         assert first_start < backward_end, "the last layer's reduction must start while backward still runs"
         assert all(e["args"]["bytes"] > 0 for e in reductions[step])
+
+    # the per-collective profile of that run (asyncsgd.comm_profile): each layer's reduction, what
+    # starting it cost the training thread, and where it was waited for
+    table = comm_profile.per_collective(comm_profile.collectives(comm_profile.load_events(workdir / "lw")))
+    assert len(table) == 3 and (table["steps"] == 2).all()  # steps 4 and 5 (6's waits are not recorded)
+    assert (table["issue_ms"] > 0).all() and (table["in_flight_ms"] > 0).all()
+    assert (table["start_ms"] > 0).all() and (table["wait_ms"] >= 0).all()
+    assert (table["update_ms"] > 0).all()  # wait_at=forward: every layer updated in the next forward
 
     sync = _trace(workdir, "sync", ["strategy=sync"])
     backward = _by_step(sync, 0, "backward")

@@ -54,10 +54,13 @@ def test_layerwise_with_buckets_equals_sequential_sgd(workdir, backend):
 def test_layerwise_bucket_mb_auto_equals_sequential_sgd(workdir, backend):
     # three layouts timed for 5 steps each, then the fastest kept: every switch lands on a step
     # boundary of every rank, and the arithmetic is sequential SGD's throughout
+    # (and the training thread yields the CPU to the backend's threads: the math does not change)
     final = train_and_load(workdir, "lwa", [f"backend={backend}", "model=lenet", "strategy=layerwise",
-                                            *SCHEDULES["priority"], "strategy.bucket_mb=auto", *P2])
+                                            *SCHEDULES["priority"], "strategy.bucket_mb=auto",
+                                            "backend.compute_nice=5", *P2])
     assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
     summary = read_summary(workdir / "lwa")
+    assert_yielded(summary, 5)
     auto = summary["layout"]["auto"]
     assert auto["chosen"] in [{k: t[k] for k in ("bucket_mb", "chunk_mb")} for t in auto["tried"]]
     assert all(t["median_ms"] > 0 for t in auto["tried"])
@@ -74,10 +77,26 @@ def test_layerwise_bucket_mb_auto_equals_sequential_sgd(workdir, backend):
 def test_layerwise_one_bucket_on_mpi_runs_blocking_calls(workdir):
     # backend.progress=auto: a layout of one reduction per step switches MPI to blocking calls
     # when the buckets are laid out (after the first step), and the math stays sequential SGD's
+    # The blocking calls' threads start after the training thread lowered its priority
+    # (backend.compute_nice), from the spawner made before: they keep the process's priority.
     final = train_and_load(workdir, "lw1", ["backend=mpi", "model=lenet", "strategy=layerwise",
-                                            "strategy.bucket_mb=inf", *P2])
+                                            "strategy.bucket_mb=inf", "backend.compute_nice=7", *P2])
     assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
-    assert read_summary(workdir / "lw1")["comm"]["progress"] == "blocking"
+    summary = read_summary(workdir / "lw1")
+    assert summary["comm"]["progress"] == "blocking"
+    assert_yielded(summary, 7)
+
+
+def assert_yielded(summary: dict, nice: int) -> None:
+    """backend.compute_nice=nice lowered the training thread's priority (rank 0's), and only its own."""
+    cpu = summary["cpu_priority"]
+    if "not_applied" in cpu:  # not Linux
+        return
+    base = cpu["base_nice"]
+    assert cpu["training_thread_nice"] == min(19, base + nice)
+    assert base in cpu["other_threads_nice"]  # the backend's threads (gloo's workers, MPI's) were not lowered
+    if summary["comm"]["backend"] == "mpi":
+        assert summary["comm"]["comm_threads_nice"] and set(summary["comm"]["comm_threads_nice"]) == {base}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -47,6 +47,8 @@ CASES = [
     ("model=vgg11 model.batch_norm=maybe", "model.batch_norm='maybe' is not a valid bool"),
     # backend
     ("backend.timeout_s=0", "backend.timeout_s=0.0 must be > 0"),
+    ("backend.compute_nice=-1", "backend.compute_nice=-1 must be in [0, 19]"),
+    ("backend.compute_nice=20", "backend.compute_nice=20 must be in [0, 19]"),
     ("backend.master_port=x", "backend.master_port='x' is not a valid int"),
     # strategy
     ("strategy.fuse=maybe", "strategy.fuse='maybe' is not a valid bool"),

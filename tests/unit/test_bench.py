@@ -194,3 +194,18 @@ def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsy
     args = parse_args(["--strategies", "layerwise(priority+auto)", "--steps", "30", "--layerwise-buckets", "4"])
     assert list(args.cases) == ["layerwise(priority+auto)"]  # no bucket sweep of an auto layout
     assert args.cases["layerwise(priority+auto)"][-1] == "strategy.bucket_mb=auto"
+
+
+def test_any_case_runs_with_the_training_thread_yielding_to_the_backend_too(capsys):
+    args = parse_args(["--strategies", "sync,layerwise(priority),layerwise(priority)+nice,delayed(k=1)+nice",
+                       "--buckets", "4"])
+    # the +nice variant is the same case with backend.compute_nice, and no bucket sweep of its own
+    assert list(args.cases) == ["sync", "layerwise(priority)", "layerwise(priority,4MB)", "layerwise(priority)+nice",
+                                "delayed(k=1)+nice"]
+    assert args.cases["layerwise(priority)+nice"] == args.cases["layerwise(priority)"] + ["backend.compute_nice=19"]
+    assert args.cases["delayed(k=1)+nice"] == ["strategy=delayed", "strategy.k=1", "backend.compute_nice=19"]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--strategies", "sync+nicer"])
+    assert exc.value.code == 2 and "unknown sync+nicer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the variant of a slow case needs its steps too
+        parse_args(["--strategies", "layerwise(priority+auto)+nice", "--steps", "20"])
