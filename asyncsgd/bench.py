@@ -51,6 +51,9 @@ CASES = {
     # and large fully connected layers as row blocks of one chunk each (asyncsgd.strategies.split)
     "layerwise(priority+split)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true",
                                   "strategy.split_mb=1"],
+    # and the last-used bucket sent last (strategy.last_used_last, asyncsgd.strategies.schedule)
+    "layerwise(priority+split+last)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true",
+                                       "strategy.split_mb=1", "strategy.last_used_last=true"],
     # the bucket layout timed at the start of the run (strategy.bucket_mb=auto, asyncsgd.strategies.tuning)
     "layerwise(priority+auto)": ["strategy=layerwise", "strategy.wait_at=forward", "strategy.priority=true",
                                  "strategy.bucket_mb=auto"],

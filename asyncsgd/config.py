@@ -329,6 +329,10 @@ class LayerwiseConfig(StrategyConfig):
     priority: bool = False
     chunk_mb: float = 1.0  # MiB per chunk (priority=true)
     urgent_share: float = 0.1  # fraction of the gradient bytes on the urgent channel (priority=true)
+    # priority=true: the bucket the next forward uses last (of those not ready first in backward) is
+    # sent after the rest of its lane, so the link's work of a step ends as late in the forward as it
+    # can and the link idles less before the next backward's first gradient (asyncsgd.strategies.schedule)
+    last_used_last: bool = False
     # MiB; fully connected layers with a larger weight are computed as row blocks of at most this
     # size, each a layer of its own (asyncsgd.strategies.split); 0 = off
     split_mb: float = 0.0

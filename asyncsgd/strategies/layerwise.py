@@ -50,7 +50,7 @@ from torch import nn
 from ..stopping import StopFlagSlot
 from .base import NonFiniteGradient, Strategy, flat_views
 from .recording import Observation, Recorder
-from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
+from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, last_used_last, make_plan
 from .split import split_linear_layers
 from .tuning import Layout, LayoutTuner, candidates
 
@@ -270,6 +270,8 @@ class LayerwiseStrategy(Strategy):
         lanes = [self.scheduler.lanes[0]] + [
             edf_order(lane, {b: self._chunk_sizes(self.buckets[b]) for b in lane}, deadline, carried, ahead)
             for lane in self.lanes[1:]]
+        if self.cfg.last_used_last:
+            lanes = [lanes[0]] + [last_used_last(order, lane, deadline) for order, lane in zip(lanes[1:], self.lanes[1:])]
         self.scheduler.replan(lanes)
         if self.comm.rank == 0:
             log.info("layerwise: lane order by earliest deadline from step %d: %s", self._step + 1,

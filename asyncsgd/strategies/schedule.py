@@ -139,6 +139,24 @@ def edf_order(lane: Sequence[int], sizes: Dict[int, List[int]], deadline: Dict[i
     return order
 
 
+def last_used_last(order: List[Item], lane: Sequence[int], deadline: Dict[int, int]) -> List[Item]:
+    """``order`` with the chunks of one bucket moved to its end: the bucket the next forward uses last,
+    of the lane's buckets but the first ready (``lane`` is in ready order).
+
+    Every gradient of a step must have arrived by its use in the next forward, and the next step's
+    first gradient is ready only after the rest of that forward, the loss and the first layers of
+    backward: the link idles from its last arrival until then. Work-conserving EDF sends the
+    buckets ready first in backward at once (nothing else waits yet), though the next forward needs
+    them last; so the last to arrive is one needed earlier, and the link idles through the forward
+    after it as well. Held back to the end of the lane, the last-needed bucket arrives last, and the
+    link's idle stretch shrinks to the compute after its use. The first-ready bucket is not held,
+    so the link has work from the first gradient on."""
+    if len(lane) < 3:
+        return list(order)
+    held = max(lane[1:], key=lambda b: (deadline[b], -lane.index(b)))
+    return [item for item in order if item[0] != held] + [item for item in order if item[0] == held]
+
+
 class ReductionScheduler:
     """Starts the chunks of submitted jobs in their lane's fixed order; waits for single chunks.
 

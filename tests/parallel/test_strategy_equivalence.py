@@ -36,9 +36,11 @@ def test_layerwise_equals_sequential_sgd(workdir, backend, model, wait_at, sched
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_layerwise_with_split_layers_equals_sequential_sgd(workdir, backend):
     # lenet's two larger fully connected layers (30 and 40 KB) as row blocks of at most 10 KiB, each its
-    # own layer, chunked and scheduled with priority; the final parameters keep nn.Linear's layout
+    # own layer, chunked and scheduled with priority, the last-used block sent last after the EDF
+    # calibration; the final parameters keep nn.Linear's layout
     final = train_and_load(workdir, "lws", [f"backend={backend}", "model=lenet", "strategy=layerwise",
-                                            *SCHEDULES["priority"], "strategy.split_mb=0.01", *P2])
+                                            *SCHEDULES["priority"], "strategy.split_mb=0.01",
+                                            "strategy.last_used_last=true", *P2])
     assert max_relative_error(final, reference_sgd("lenet", batch=32, steps=60)) < TOL
 
 

@@ -12,7 +12,8 @@ import random
 import pytest
 import torch
 
-from asyncsgd.strategies.schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, make_plan
+from asyncsgd.strategies.schedule import (Chunk, Job, ReductionScheduler, chunk_items, edf_order, last_used_last,
+                                         make_plan)
 
 
 class Recorder:
@@ -154,6 +155,20 @@ def test_edf_puts_a_more_urgent_layer_before_what_the_link_has_not_reached():
     assert edf_order([4, 3, 2], sizes, deadline, carried, ahead=2 * mb) == [(4, 0), (3, 0), (3, 1), *fc1]
     # nothing carried and nothing ahead: pure deadline order
     assert edf_order([4, 3, 2], sizes, deadline, {}, ahead=0) == [*fc1, (3, 0), (3, 1), (4, 0)]
+
+
+def test_the_last_used_bucket_but_the_first_ready_goes_last():
+    # the CNN's bulk lane with fc2 as two row blocks: fc3 (5), fc2's blocks (4: used second, 3: used first),
+    # fc1's blocks (2, 1), ready in that order; the next forward uses fc1, then fc2's blocks, then fc3
+    lane = [5, 4, 3, 2, 1]
+    deadline = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
+    edf = [(5, 0), (4, 0), (3, 0), (2, 0), (2, 1), (1, 0)]  # work-conserving EDF: the first ready go at once
+    # fc3 is ready first (held back, the link would wait for fc2): fc2's second block, used after the
+    # other, goes last instead, and its first block keeps the link busy meanwhile
+    assert last_used_last(edf, lane, deadline) == [(5, 0), (3, 0), (2, 0), (2, 1), (1, 0), (4, 0)]
+    # every chunk once, whatever the bucket held
+    assert sorted(last_used_last(edf, [5, 3, 4, 2, 1], deadline)) == sorted(edf)
+    assert last_used_last([(1, 0), (2, 0)], [2, 1], deadline) == [(1, 0), (2, 0)]  # two buckets: nothing to hold
 
 
 def test_replan_takes_effect_between_steps_only():
