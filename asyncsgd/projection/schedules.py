@@ -80,13 +80,15 @@ class StrategySpec:
     fuse: bool = True
     first_bucket_mb: Optional[float] = None  # ddp: None = bucket_mb (what torch does when bucket_cap_mb is passed)
     split_mb: float = 0.0  # layerwise: MiB; larger nn.Linear weights become row blocks (0 = off)
+    last_used_last: bool = False  # layerwise with priority: the last-used bucket sent last (schedule.last_used_last)
 
     @property
     def label(self) -> str:
         """The benchmark's names: sync, layerwise(forward), layerwise(priority), delayed(k=1), ddp."""
         if self.name == "layerwise":
             base = "priority" if self.priority else self.wait_at
-            return f"layerwise({base}+split)" if self.split_mb > 0 else f"layerwise({base})"
+            base += "+split" if self.split_mb > 0 else ""
+            return f"layerwise({base}+last)" if self.priority and self.last_used_last else f"layerwise({base})"
         if self.name == "delayed":
             return f"delayed(k={self.k})"
         if self.name == "sync" and not self.fuse:
@@ -136,7 +138,8 @@ class StrategySpec:
                        bucket_mb=float(strategy.get("bucket_mb", 0.0)), priority=bool(strategy.get("priority", False)),
                        chunk_mb=float(strategy.get("chunk_mb", 1.0)),
                        urgent_share=float(strategy.get("urgent_share", 0.1)),
-                       split_mb=float(strategy.get("split_mb", 0.0)))
+                       split_mb=float(strategy.get("split_mb", 0.0)),
+                       last_used_last=bool(strategy.get("last_used_last", False)))
         if name == "delayed":
             return cls("delayed", k=int(strategy.get("k", 1)))
         if name == "sync":
@@ -167,6 +170,7 @@ def ruleset_for(config: dict) -> str:
         raise ScheduleError("this run was made with the credit scheduler that issue 12 replaced (strategy.credit); "
                             f"the model's rules follow today's code ({RULESET[AS_IMPLEMENTED]})")
     known = {"name", "wait_at", "bucket_mb", "priority", "chunk_mb", "urgent_share", "k", "drain", "fuse", "split_mb",
+             "last_used_last",
              "compensation", "dc_lambda", "dc_adaptive", "dc_beta"}
     new = sorted(set(strategy) - known)
     if new:
@@ -181,6 +185,11 @@ def ruleset_for(config: dict) -> str:
         raise ScheduleError(f"strategy.compensation={strategy['compensation']}: {', '.join(costly)} adds passes over "
                             "copies of the weights each step that no profile measures; the model predicts delayed "
                             f"with compensation none, {' or '.join(FREE_COMPENSATIONS)} (no extra work)")
+    backend = config.get("backend", {}) if isinstance(config.get("backend"), dict) else {}
+    if int(backend.get("compute_nice", 0) or 0) > 0:
+        raise ScheduleError(f"backend.compute_nice={backend['compute_nice']}: the training thread yields the CPU to "
+                            "the backend's threads, which changes what a reduction's CPU work costs the compute; "
+                            "the calibration's CPU cost was measured at equal priorities")
     if "momentum" in rules:
         from ..strategies.compensation import explicit_momentum
 
@@ -693,7 +702,7 @@ class Layerwise(Worker):
 
     def calibrate(self) -> None:
         """_calibrate: rank 0's medians -> earliest-deadline-first chunk order on the lanes after the first."""
-        from ..strategies.schedule import edf_order
+        from ..strategies.schedule import edf_order, last_used_last
 
         carried = {b: statistics.median(v) for b, v in self.carried.items() if v}
         self.carried = {}
@@ -704,6 +713,8 @@ class Layerwise(Worker):
         sizes = {b.index: [c.elements * DTYPE_BYTES for c in b.chunks] for b in self.specs}
         lanes = [self.scheduler.real.lanes[0]] + [edf_order(lane, {b: sizes[b] for b in lane}, deadline, carried, ahead)
                                                   for lane in self.lanes[1:]]
+        if self.spec.last_used_last:
+            lanes = [lanes[0]] + [last_used_last(order, lane, deadline) for order, lane in zip(lanes[1:], self.lanes[1:])]
         self.scheduler.real.replan(lanes)
 
     def step(self, step: int):

@@ -122,6 +122,26 @@ def test_lane_one_is_reordered_earliest_deadline_first_after_calibration():
     assert d[6:] == pytest.approx([7.008] * 6, abs=1e-6)
 
 
+def test_the_last_used_bucket_goes_last_as_the_code_sends_it():
+    # l1 is lane 0; lane 1 in ready order: l4, l3, l2 (one 1000-byte chunk each; the next forward uses
+    # l2, l3, l4). strategy.last_used_last: l4 is ready first and keeps its place; l3, used last of the
+    # others, goes after l2 from the calibration on (schedule.last_used_last, as layerwise._calibrate)
+    prof = toy([1, 1, 1, 1], [1, 0.5, 0.5, 0.5], [500, 1000, 1000, 1000])
+    spec = StrategySpec.from_config({"name": "layerwise", "priority": True, "chunk_mb": 1000 / 2**20,
+                                     "last_used_last": True})
+    assert spec.last_used_last and spec.label == "layerwise(priority+last)"
+    assert ruleset_for({"strategy": {"name": "layerwise", "priority": True, "last_used_last": True}}) == AS_IMPLEMENTED
+    plan = Plan(prof, NET, 2)
+    worker = Layerwise(plan, spec)
+    assert worker.lanes == [[3], [0, 1, 2]]  # buckets in ready order: 0 = l4, 1 = l3, 2 = l2, 3 = l1
+    simulate(plan.machine(), worker.program(12), 8)
+    assert worker.scheduler.real.lanes[1][-1] == (1, 0)  # l3 last
+    assert sorted(worker.scheduler.real.lanes[1]) == [(0, 0), (1, 0), (2, 0)]
+    plain = Layerwise(Plan(prof, NET, 2), StrategySpec("layerwise", priority=True, chunk_mb=1000 / 2**20))
+    simulate(plain.plan.machine(), plain.program(12), 8)
+    assert plain.scheduler.real.lanes[1][-1] != (1, 0)
+
+
 def test_updates_go_chunk_by_chunk():
     # priority: every chunk is waited for and updated on its own, in the pre-hook of its layer
     prof = toy([1, 1], [1, 1], [1000, 3000], u=[0.4, 0.3])
@@ -213,6 +233,10 @@ def test_rules_for_todays_strategy_keys():
         ruleset_for({"strategy": {**delayed, "k": 9, "compensation": "momentum"}, "train": {"momentum": 0.9}})
     with pytest.raises(ScheduleError, match="no rules for"):
         ruleset_for({"strategy": {**delayed, "something_new": 1}})
+    # a training thread that yields the CPU changes the cost of overlap the calibration measured
+    assert ruleset_for({"strategy": delayed, "backend": {"name": "gloo", "compute_nice": 0}}) == AS_IMPLEMENTED
+    with pytest.raises(ScheduleError, match="equal priorities"):
+        ruleset_for({"strategy": delayed, "backend": {"name": "gloo", "compute_nice": 19}})
 
 
 # ---------------------------------------------------------------------- the bound of issue 12
