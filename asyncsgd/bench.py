@@ -127,8 +127,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if slow:
         p.error(f"--steps {args.steps}: {', '.join(slow)} needs at least "
                 f"{max(settle[s] for s in slow)} (its first steps time candidate layouts)")
-    if args.backend == "mpi" and "ddp" in args.strategies.split(","):
-        args.strategies = ",".join(s for s in args.strategies.split(",") if s != "ddp")  # DDP needs torch.distributed
+    if args.backend == "mpi" and any(s.removesuffix(NICE) == "ddp" for s in args.strategies.split(",")):
+        # DDP needs torch.distributed
+        args.strategies = ",".join(s for s in args.strategies.split(",") if s.removesuffix(NICE) != "ddp")
     if args.progress and args.backend != "mpi":
         p.error("--progress applies to --backend mpi only")
     args.modes = args.progress.split(",") if args.progress else [None]
@@ -199,7 +200,10 @@ def expand_cases(names: List[str], ddp_sizes: List[float], layerwise_sizes: List
 
 def family(case: str) -> str:
     """The strategy a case belongs to, bucket size aside: ``ddp(4MB)`` -> ``ddp``,
-    ``layerwise(priority,4MB)`` -> ``layerwise(priority)``."""
+    ``layerwise(priority,4MB)`` -> ``layerwise(priority)``. A ``+nice`` case is its own (never the best DDP
+    that the others are compared with)."""
+    if case.endswith(NICE):
+        return case
     if case.startswith("ddp"):
         return "ddp"
     head, _, size = case.rpartition(",")

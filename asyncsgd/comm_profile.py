@@ -78,7 +78,8 @@ def collectives(spans: List[dict]) -> pd.DataFrame:
             for prefix, into in after.items():
                 label = _label(e["name"], prefix)
                 if label is not None:
-                    into[label].append((e["ts"], e["dur"] / 1e3))
+                    # delayed-k: "update with gradient of step N" applies the reduction "step N"
+                    into[label.removeprefix("with gradient of ")].append((e["ts"], e["dur"] / 1e3))
     for into in after.values():
         for v in into.values():
             v.sort()

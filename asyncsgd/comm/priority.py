@@ -83,6 +83,7 @@ class Spawner:
 
     def __init__(self, name: str = "asyncsgd-spawner"):
         self._requests: "queue.Queue[Optional[tuple]]" = queue.Queue()
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -100,11 +101,16 @@ class Spawner:
 
     def start(self, thread: threading.Thread) -> None:
         """Start ``thread`` from the spawner; returns once it has started."""
+        if self._closed:
+            raise RuntimeError("the spawner is closed: no thread can be started from it")
         started, failed = threading.Event(), []
         self._requests.put((thread, started, failed))
-        started.wait()
+        while not started.wait(0.5):  # never wait on a spawner that is gone
+            if not self._thread.is_alive():
+                raise RuntimeError("the spawner thread ended before it started the thread")
         if failed:
             raise failed[0]
 
     def close(self) -> None:
+        self._closed = True
         self._requests.put(None)

@@ -150,7 +150,8 @@ def last_used_last(order: List[Item], lane: Sequence[int], deadline: Dict[int, i
     them last; so the last to arrive is one needed earlier, and the link idles through the forward
     after it as well. Held back to the end of the lane, the last-needed bucket arrives last, and the
     link's idle stretch shrinks to the compute after its use. The first-ready bucket is not held,
-    so the link has work from the first gradient on."""
+    so the link has work from the first gradient on; with fewer than three buckets the order is
+    left as EDF made it (holding the one other bucket back would leave the link the first alone)."""
     if len(lane) < 3:
         return list(order)
     held = max(lane[1:], key=lambda b: (deadline[b], -lane.index(b)))

@@ -209,3 +209,7 @@ def test_any_case_runs_with_the_training_thread_yielding_to_the_backend_too(caps
     assert exc.value.code == 2 and "unknown sync+nicer" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the variant of a slow case needs its steps too
         parse_args(["--strategies", "layerwise(priority+auto)+nice", "--steps", "20"])
+    # a +nice case is its own family (never the best DDP the others are compared with), and DDP's
+    # variant is dropped on MPI like DDP
+    assert family("ddp+nice") == "ddp+nice" and family("ddp(4MB)") == "ddp"
+    assert parse_args(["--backend", "mpi", "--strategies", "sync,ddp,ddp+nice"]).strategies == "sync"

@@ -70,3 +70,33 @@ def test_the_report_is_written_where_asked(tmp_path):
     comm_profile.main([str(_trace(tmp_path)), "--out", str(out)])
     text = out.read_text()
     assert "| fc " in text and "link busy 40.0" in text and "link idle 60.0" in text
+
+
+def test_overlapping_reductions_count_once_and_delayed_names_match(tmp_path):
+    # delayed-k's names: "allreduce step N", waited for as "step N", applied as "update with gradient
+    # of step N". Two reductions per step overlap (b inside a's span, c touching a's end), so the link
+    # is busy 10-60 and idle 60-100 of each 100 ms step.
+    events = []
+    for s in range(4):
+        t = 100.0 * s
+        events += [_span("forward x", COMPUTE, s, t, t + 10),
+                   _span(f"allreduce step {s}", COMM, s, t + 10, t + 50, grad_step=s, bytes=100, channel=0,
+                         issue_us=50.0),
+                   _span("allreduce b", COMM, s, t + 20, t + 30, grad_step=s, bytes=10, channel=1, issue_us=10.0),
+                   _span("allreduce c", COMM, s, t + 50, t + 60, grad_step=s, bytes=10, channel=1, issue_us=10.0)]
+        if s > 0:
+            events += [_span(f"wait step {s - 1}", WAITS, s, t + 1, t + 3),
+                       _span(f"update with gradient of step {s - 1}", WAITS, s, t + 3, t + 4)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "timeline.json").write_text(json.dumps({"traceEvents": events}))
+    spans = comm_profile.load_events(run)
+    table = comm_profile.per_collective(comm_profile.collectives(spans)).set_index("collective")
+    assert list(table.index) == ["step's gradient", "b", "c"]
+    assert table.loc["step's gradient", ["wait_ms", "update_ms", "steps"]].tolist() == pytest.approx([2, 1, 3])
+    steps, gaps = comm_profile.link_gaps(spans)
+    assert steps["link_busy_ms"].tolist() == pytest.approx([50, 50])
+    assert steps["link_idle_ms"].tolist() == pytest.approx([50, 50])
+    assert steps["wait_ms"].tolist() == pytest.approx([2, 2]) and steps["update_ms"].tolist() == pytest.approx([1, 1])
+    one = gaps[gaps["step"] == 1][["from_ms", "ms", "after", "until"]].values.tolist()
+    assert one == [[0.0, 10.0, "(step start)", "step's gradient"], [60.0, 40.0, "c", "(next step)"]]
