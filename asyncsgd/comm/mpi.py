@@ -49,9 +49,8 @@ from typing import Any, Callable, Deque, List, Optional
 import numpy as np
 import torch
 
-from .base import CommTimeout, Communicator, DoneHandle, Handle
 from . import priority
-from .priority import Spawner
+from .base import CommTimeout, Communicator, DoneHandle, Handle
 
 # Back-off of the communication thread between MPI_Test polls while reductions are in
 # flight: short enough that a socket buffer (hundreds of KB) never runs dry at 10 Gbit/s,
@@ -172,7 +171,7 @@ class MPICommunicator(Communicator):
         self._channel_queues: List["queue.Queue[Optional[_ThreadHandle]]"] = []
         # communication threads started later (a switch of progress mode) keep the priority threads
         # have now, even after the training thread has lowered its own (backend.compute_nice)
-        self._spawner = Spawner("asyncsgd-mpi-spawner")
+        self._spawner = priority.Spawner("asyncsgd-mpi-spawner")
         self._start_threads()
 
     def suit_reductions(self, per_step: int) -> None:
