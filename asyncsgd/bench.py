@@ -71,8 +71,9 @@ NICE_OVERRIDES = ["backend.compute_nice=19"]
 
 def case_overrides(name: str) -> Optional[List[str]]:
     """A case's overrides, ``None`` for an unknown name."""
-    if name.endswith(NICE) and name[:-len(NICE)] in CASES:
-        return CASES[name[:-len(NICE)]] + NICE_OVERRIDES
+    base = name.removesuffix(NICE)
+    if base != name:
+        return CASES[base] + NICE_OVERRIDES if base in CASES else None
     return CASES.get(name)
 
 

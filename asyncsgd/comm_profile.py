@@ -84,7 +84,7 @@ def collectives(spans: List[dict]) -> pd.DataFrame:
         for v in into.values():
             v.sort()
 
-    def first_after(prefix: str, label: str, ts: float, until: float) -> float:
+    def between(prefix: str, label: str, ts: float, until: float) -> float:
         """Total of the ``prefix label`` spans between the reduction's start and its label's next start."""
         return sum(d for t, d in after[prefix].get(label, []) if ts <= t < until)
 
@@ -110,8 +110,8 @@ def collectives(spans: List[dict]) -> pd.DataFrame:
             "issue_ms": e["args"].get("issue_us", float("nan")) / 1e3,
             "in_flight_ms": e["dur"] / 1e3,
             "end_ms": (e["ts"] + e["dur"] - starts[g]) / 1e3,
-            "wait_ms": first_after("wait ", label, e["ts"], until),
-            "update_ms": first_after("update ", label, e["ts"], until),
+            "wait_ms": between("wait ", label, e["ts"], until),
+            "update_ms": between("update ", label, e["ts"], until),
         })
     if not rows:
         raise ProfileInputError("no reduction of a step recorded whole (the run needs timeline_steps >= 2 and "

@@ -702,7 +702,7 @@ class Layerwise(Worker):
 
     def calibrate(self) -> None:
         """_calibrate: rank 0's medians -> earliest-deadline-first chunk order on the lanes after the first."""
-        from ..strategies.schedule import edf_order, last_used_last
+        from ..strategies.schedule import bulk_lane_order
 
         carried = {b: statistics.median(v) for b, v in self.carried.items() if v}
         self.carried = {}
@@ -711,10 +711,9 @@ class Layerwise(Worker):
         deadline = {b: position for position, b in enumerate(self.use_order)}
         ahead = self.plan.max_inflight * self.spec.chunk_mb * 2 ** 20
         sizes = {b.index: [c.elements * DTYPE_BYTES for c in b.chunks] for b in self.specs}
-        lanes = [self.scheduler.real.lanes[0]] + [edf_order(lane, {b: sizes[b] for b in lane}, deadline, carried, ahead)
-                                                  for lane in self.lanes[1:]]
-        if self.spec.last_used_last:
-            lanes = [lanes[0]] + [last_used_last(order, lane, deadline) for order, lane in zip(lanes[1:], self.lanes[1:])]
+        lanes = [self.scheduler.real.lanes[0]] + [
+            bulk_lane_order(lane, {b: sizes[b] for b in lane}, deadline, carried, ahead, self.spec.last_used_last)
+            for lane in self.lanes[1:]]
         self.scheduler.real.replan(lanes)
 
     def step(self, step: int):

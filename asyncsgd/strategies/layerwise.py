@@ -50,7 +50,7 @@ from torch import nn
 from ..stopping import StopFlagSlot
 from .base import NonFiniteGradient, Strategy, flat_views
 from .recording import Observation, Recorder
-from .schedule import Chunk, Job, ReductionScheduler, chunk_items, edf_order, last_used_last, make_plan
+from .schedule import Chunk, Job, ReductionScheduler, bulk_lane_order, chunk_items, make_plan
 from .split import split_linear_layers
 from .tuning import Layout, LayoutTuner, candidates
 
@@ -268,10 +268,9 @@ class LayerwiseStrategy(Strategy):
         deadline = {bucket.index: position for position, bucket in enumerate(self.use_order)}
         ahead = getattr(self.comm, "max_inflight", 2) * self.layout.chunk_mb * 2**20  # what the backend holds
         lanes = [self.scheduler.lanes[0]] + [
-            edf_order(lane, {b: self._chunk_sizes(self.buckets[b]) for b in lane}, deadline, carried, ahead)
+            bulk_lane_order(lane, {b: self._chunk_sizes(self.buckets[b]) for b in lane}, deadline, carried, ahead,
+                            self.cfg.last_used_last)
             for lane in self.lanes[1:]]
-        if self.cfg.last_used_last:
-            lanes = [lanes[0]] + [last_used_last(order, lane, deadline) for order, lane in zip(lanes[1:], self.lanes[1:])]
         self.scheduler.replan(lanes)
         if self.comm.rank == 0:
             log.info("layerwise: lane order by earliest deadline from step %d: %s", self._step + 1,

@@ -158,6 +158,15 @@ def last_used_last(order: List[Item], lane: Sequence[int], deadline: Dict[int, i
     return [item for item in order if item[0] != held] + [item for item in order if item[0] == held]
 
 
+def bulk_lane_order(lane: Sequence[int], sizes: Dict[int, List[int]], deadline: Dict[int, int],
+                    carried: Dict[int, float], ahead: float, hold_last: bool = False) -> List[Item]:
+    """A lane after the first, refined once calibrated: :func:`edf_order`, then with ``hold_last``
+    (``strategy.last_used_last``) :func:`last_used_last`. The strategy and the projection's
+    simulation of it both order their lanes here."""
+    order = edf_order(lane, sizes, deadline, carried, ahead)
+    return last_used_last(order, lane, deadline) if hold_last else order
+
+
 class ReductionScheduler:
     """Starts the chunks of submitted jobs in their lane's fixed order; waits for single chunks.
 
