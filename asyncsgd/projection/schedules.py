@@ -80,7 +80,7 @@ class StrategySpec:
     fuse: bool = True
     first_bucket_mb: Optional[float] = None  # ddp: None = bucket_mb (what torch does when bucket_cap_mb is passed)
     split_mb: float = 0.0  # layerwise: MiB; larger nn.Linear weights become row blocks (0 = off)
-    last_used_last: bool = False  # layerwise with priority: the last-used bucket sent last (schedule.last_used_last)
+    last_used_last: bool = False  # layerwise with priority: the last-used bucket sent last (schedule.bulk_lane_order)
 
     @property
     def label(self) -> str:

@@ -139,9 +139,10 @@ def edf_order(lane: Sequence[int], sizes: Dict[int, List[int]], deadline: Dict[i
     return order
 
 
-def last_used_last(order: List[Item], lane: Sequence[int], deadline: Dict[int, int]) -> List[Item]:
-    """``order`` with the chunks of one bucket moved to its end: the bucket the next forward uses last,
-    of the lane's buckets but the first ready (``lane`` is in ready order).
+def last_used(lane: Sequence[int], deadline: Dict[int, int]) -> Optional[int]:
+    """The bucket ``strategy.last_used_last`` holds back: the one the next forward uses last, of the
+    lane's buckets but the first ready (``lane`` is in ready order); None with fewer than three
+    buckets (holding the one other bucket back would leave the link the first alone).
 
     Every gradient of a step must have arrived by its use in the next forward, and the next step's
     first gradient is ready only after the rest of that forward, the loss and the first layers of
@@ -150,21 +151,26 @@ def last_used_last(order: List[Item], lane: Sequence[int], deadline: Dict[int, i
     them last; so the last to arrive is one needed earlier, and the link idles through the forward
     after it as well. Held back to the end of the lane, the last-needed bucket arrives last, and the
     link's idle stretch shrinks to the compute after its use. The first-ready bucket is not held,
-    so the link has work from the first gradient on; with fewer than three buckets the order is
-    left as EDF made it (holding the one other bucket back would leave the link the first alone)."""
+    so the link has work from the first gradient on."""
     if len(lane) < 3:
-        return list(order)
-    held = max(lane[1:], key=lambda b: (deadline[b], -lane.index(b)))
-    return [item for item in order if item[0] != held] + [item for item in order if item[0] == held]
+        return None
+    return max(lane[1:], key=lambda b: (deadline[b], -lane.index(b)))
 
 
 def bulk_lane_order(lane: Sequence[int], sizes: Dict[int, List[int]], deadline: Dict[int, int],
                     carried: Dict[int, float], ahead: float, hold_last: bool = False) -> List[Item]:
-    """A lane after the first, refined once calibrated: :func:`edf_order`, then with ``hold_last``
-    (``strategy.last_used_last``) :func:`last_used_last`. The strategy and the projection's
+    """A lane after the first, refined once calibrated: :func:`edf_order`; with ``hold_last``
+    (``strategy.last_used_last``) the bucket :func:`last_used` names goes after the rest, which are
+    ordered by EDF without it. Ordered with it and then moved, its place early in the lane (EDF
+    sends a first-ready bucket at once, beside the next) would be left empty: the link would carry
+    one reduction where it had two, and one alone runs below the link's rate (each has start-up and
+    tail). Without it the next waiting chunk fills that place. The strategy and the projection's
     simulation of it both order their lanes here."""
-    order = edf_order(lane, sizes, deadline, carried, ahead)
-    return last_used_last(order, lane, deadline) if hold_last else order
+    held = last_used(lane, deadline) if hold_last else None
+    if held is None:
+        return edf_order(lane, sizes, deadline, carried, ahead)
+    rest = edf_order([b for b in lane if b != held], sizes, deadline, carried, ahead)
+    return rest + [(held, c) for c in range(len(sizes[held]))]
 
 
 class ReductionScheduler:

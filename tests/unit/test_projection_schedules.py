@@ -125,7 +125,7 @@ def test_lane_one_is_reordered_earliest_deadline_first_after_calibration():
 def test_the_last_used_bucket_goes_last_as_the_code_sends_it():
     # l1 is lane 0; lane 1 in ready order: l4, l3, l2 (one 1000-byte chunk each; the next forward uses
     # l2, l3, l4). strategy.last_used_last: l4 is ready first and keeps its place; l3, used last of the
-    # others, goes after l2 from the calibration on (schedule.last_used_last, as layerwise._calibrate)
+    # others, goes after l2 from the calibration on (schedule.bulk_lane_order, as layerwise._calibrate)
     prof = toy([1, 1, 1, 1], [1, 0.5, 0.5, 0.5], [500, 1000, 1000, 1000])
     spec = StrategySpec.from_config({"name": "layerwise", "priority": True, "chunk_mb": 1000 / 2**20,
                                      "last_used_last": True})

@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from asyncsgd.strategies.schedule import (Chunk, Job, ReductionScheduler, chunk_items, edf_order, last_used_last,
+from asyncsgd.strategies.schedule import (Chunk, Job, ReductionScheduler, bulk_lane_order, chunk_items, edf_order, last_used,
                                          make_plan)
 
 
@@ -159,16 +159,26 @@ def test_edf_puts_a_more_urgent_layer_before_what_the_link_has_not_reached():
 
 def test_the_last_used_bucket_but_the_first_ready_goes_last():
     # the CNN's bulk lane with fc2 as two row blocks: fc3 (5), fc2's blocks (4: used second, 3: used first),
-    # fc1's blocks (2, 1), ready in that order; the next forward uses fc1, then fc2's blocks, then fc3
+    # fc1's blocks (2, 1), ready in that order; the next forward uses fc1, then fc2's blocks, then fc3.
+    # One 1 MB chunk each, 2 MB in the backend; when 2 was ready the link had carried 0.5 MB, when 1 was 0.6 MB
+    mb = 1_000_000
     lane = [5, 4, 3, 2, 1]
+    sizes = {b: [mb] for b in lane}
     deadline = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
-    edf = [(5, 0), (4, 0), (3, 0), (2, 0), (2, 1), (1, 0)]  # work-conserving EDF: the first ready go at once
-    # fc3 is ready first (held back, the link would wait for fc2): fc2's second block, used after the
-    # other, goes last instead, and its first block keeps the link busy meanwhile
-    assert last_used_last(edf, lane, deadline) == [(5, 0), (3, 0), (2, 0), (2, 1), (1, 0), (4, 0)]
+    carried = {4: 0, 3: 0, 2: 0.5 * mb, 1: 0.6 * mb}
+    # work-conserving EDF: the first ready go at once; 1 overtakes 2, which the link has not reached
+    assert bulk_lane_order(lane, sizes, deadline, carried, 2 * mb) == [(5, 0), (4, 0), (3, 0), (1, 0), (2, 0)]
+    # fc3 is ready first (held back, the link would wait for fc2): fc2's second block (4), used after the
+    # other, goes last instead. Its early place is not left empty: ordered without it, 2 goes when it is
+    # ready (the backend would otherwise hold one reduction, not two), ahead of 1
+    assert last_used(lane, deadline) == 4
+    assert bulk_lane_order(lane, sizes, deadline, carried, 2 * mb, hold_last=True) == \
+        [(5, 0), (3, 0), (2, 0), (1, 0), (4, 0)]
     # every chunk once, whatever the bucket held
-    assert sorted(last_used_last(edf, [5, 3, 4, 2, 1], deadline)) == sorted(edf)
-    assert last_used_last([(1, 0), (2, 0)], [2, 1], deadline) == [(1, 0), (2, 0)]  # two buckets: nothing to hold
+    assert sorted(bulk_lane_order([5, 3, 4, 2, 1], sizes, deadline, carried, 2 * mb, True)) == \
+        [(b, 0) for b in range(1, 6)]
+    assert last_used([2, 1], deadline) is None  # two buckets: nothing to hold
+    assert bulk_lane_order([2, 1], sizes, deadline, {}, 0, True) == [(1, 0), (2, 0)]
 
 
 def test_replan_takes_effect_between_steps_only():
