@@ -265,6 +265,12 @@ class Strategy(ABC):
         if any(p.dtype != like.dtype or p.device != like.device for p in self.params):
             return None
         flat = torch.zeros(sum(p.numel() for p in self.params) + extra, dtype=like.dtype, device=like.device)
+        return self._grads_into(flat)
+
+    def _grads_into(self, flat: torch.Tensor) -> torch.Tensor:
+        """Make every parameter's ``.grad`` a view of ``flat`` (shaped as :meth:`_flat_gradients`
+        made it) from now on, and return it: a strategy that hands the buffer backward filled to a
+        reduction gives backward another one instead of copying the gradient out."""
         views = flat_views(flat, self.params)
         for p, view in zip(self.params, views):
             p.grad = view
