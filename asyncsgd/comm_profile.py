@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from .io import atomic_write_text, read_json
-from .timeline import COMM, COMPUTE, WAITS
+from .io import atomic_write_text
+from .timeline import COMM, COMPUTE, WAITS, TraceError, read_trace
 
 
 class ProfileInputError(ValueError):
@@ -42,16 +42,14 @@ def _label(name: str, prefix: str) -> Optional[str]:
 
 
 def load_events(run_dir: Path, rank: int = 0) -> List[dict]:
-    path = Path(run_dir) / "timeline.json"
-    if not path.is_file():
-        raise ProfileInputError(f"{run_dir}: no timeline.json; run with timeline=true")
+    """Rank ``rank``'s spans of the run's timeline."""
     try:
-        events = read_json(path)["traceEvents"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProfileInputError(f"{path}: not a Chrome trace written by asyncsgd ({exc})") from None
+        events = read_trace(run_dir)
+    except TraceError as exc:
+        raise ProfileInputError(str(exc)) from None
     spans = [e for e in events if e.get("ph") == "X" and e.get("pid") == rank]
     if not spans:
-        raise ProfileInputError(f"{path}: no spans of rank {rank}")
+        raise ProfileInputError(f"{Path(run_dir) / 'timeline.json'}: no spans of rank {rank}")
     return spans
 
 

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from torch import nn
 
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 
 COMPUTE, COMM, WAITS = 0, 1, 2
 _NOTHING = nullcontext()
@@ -154,3 +154,19 @@ class Timeline:
 
 def write_trace(path: Path, events: List[dict]) -> None:
     atomic_write_json(path, {"traceEvents": events, "displayTimeUnit": "ms"})
+
+
+class TraceError(ValueError):
+    """A run directory has no readable timeline.json."""
+
+
+def read_trace(run_dir: Path, needs: str = "timeline=true") -> List[dict]:
+    """The events of the trace :func:`write_trace` wrote in ``run_dir``; :class:`TraceError` (one
+    line, saying to run with ``needs``) when there is none or it is not such a trace."""
+    path = Path(run_dir) / "timeline.json"
+    if not path.is_file():
+        raise TraceError(f"{run_dir}: no timeline.json; run with {needs}")
+    try:
+        return list(read_json(path)["traceEvents"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TraceError(f"{path}: not a Chrome trace written by asyncsgd ({exc})") from None

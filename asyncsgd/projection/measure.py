@@ -358,14 +358,14 @@ def profile_from_run(run_dir: Path, rank: int = 0) -> Profile:
     iterations, per-layer updates of a strategy that updates all at once) is left out;
     :func:`fill_from` takes it from a measured profile.
     """
+    from ..timeline import TraceError, read_trace
+
     run_dir = Path(run_dir)
     trace = run_dir / "timeline.json"
-    if not trace.is_file():
-        raise ProfileError(f"{run_dir}: no timeline.json; run with timeline=true (and timeline_steps >= 3)")
     try:
-        events = json.loads(trace.read_text())["traceEvents"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ProfileError(f"{trace}: not a Chrome trace ({exc})") from None
+        events = read_trace(run_dir, needs="timeline=true (and timeline_steps >= 3)")
+    except TraceError as exc:
+        raise ProfileError(str(exc)) from None
     cfg = _run_config(run_dir)
     layers, step_costs, used = profile_from_timeline(events, model_layers(cfg), rank, str(trace))
     metrics = run_dir / "metrics.csv"
