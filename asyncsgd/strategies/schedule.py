@@ -164,8 +164,10 @@ def bulk_lane_order(lane: Sequence[int], sizes: Dict[int, List[int]], deadline: 
     ordered by EDF without it. Ordered with it and then moved, its place early in the lane (EDF
     sends a first-ready bucket at once, beside the next) would be left empty: the link would carry
     one reduction where it had two, and one alone runs below the link's rate (each has start-up and
-    tail). Without it the next waiting chunk fills that place. The strategy and the projection's
-    simulation of it both order their lanes here."""
+    tail). Without it the next waiting chunk fills that place. (``carried`` was measured with the
+    held bucket still at its ready place, so it counts that bucket's bytes: while the link stays busy
+    the bytes it carried by a bucket's readiness are about the same whichever went first.) The
+    strategy and the projection's simulation of it both order their lanes here."""
     held = last_used(lane, deadline) if hold_last else None
     if held is None:
         return edf_order(lane, sizes, deadline, carried, ahead)
