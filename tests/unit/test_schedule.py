@@ -12,8 +12,8 @@ import random
 import pytest
 import torch
 
-from asyncsgd.strategies.schedule import (Chunk, Job, ReductionScheduler, bulk_lane_order, chunk_items, edf_order, last_used,
-                                         make_plan)
+from asyncsgd.strategies.schedule import (Chunk, Job, ReductionScheduler, bulk_lane_order, chunk_items, edf_order,
+                                         last_used, make_plan)
 
 
 class Recorder:
