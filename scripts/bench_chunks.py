@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -99,24 +98,19 @@ def main(argv=None) -> int:
         _worker(args.backend, args.repeats, args.worker)
         return 0
 
-    from asyncsgd.launch.emulated import run_in_cluster
-    from asyncsgd.launch.environment import find_executable
-    from asyncsgd.launch.netns import LinkSpec, emulated_cluster, missing_requirements
+    from asyncsgd.launch.emulated import run_for_result
+    from asyncsgd.launch.netns import LinkSpec, missing_requirements
 
     reason = missing_requirements()
     if reason:
         print(f"bench_chunks: {reason}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="asyncsgd-chunks-") as tmp:
-        out = Path(tmp) / "ms.json"
-        argv = [sys.executable, str(Path(__file__).resolve()), "--backend", args.backend,
-                "--repeats", str(args.repeats), "--worker", str(out)]
+    ms = run_for_result(
+        2, LinkSpec.parse(args.bandwidth), args.backend,
+        lambda out: [sys.executable, str(Path(__file__).resolve()), "--backend", args.backend,
+                     "--repeats", str(args.repeats), "--worker", str(out)],
         # one thread each: the reduction's arithmetic is not what is measured
-        env = {"OMP_NUM_THREADS": "1", "ASYNCSGD_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        with emulated_cluster(2, LinkSpec.parse(args.bandwidth)) as cluster:
-            run_in_cluster(cluster, args.backend, argv, env, Path(tmp), grace_s=10.0,
-                           mpiexec=find_executable("mpiexec") or "mpiexec")
-        ms = json.loads(out.read_text())
+        {"OMP_NUM_THREADS": "1", "ASYNCSGD_THREADS": "1", "PYTHONUNBUFFERED": "1"}, prefix="asyncsgd-chunks-")
     print(f"{args.backend}, 2 workers, {args.bandwidth} emulated links, {sum(SIZES)} bytes in {len(SIZES)} "
           f"reductions, medians of {args.repeats} (ms):")
     for name, values in ms.items():

@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,9 +120,8 @@ def main() -> int:
                Path(out))
         return 0
 
-    from asyncsgd.launch.emulated import run_in_cluster
-    from asyncsgd.launch.environment import find_executable
-    from asyncsgd.launch.netns import LinkSpec, emulated_cluster
+    from asyncsgd.launch.emulated import run_for_result
+    from asyncsgd.launch.netns import LinkSpec
     from asyncsgd.projection.schedules import overlap_slowdowns
 
     beside = "matrix products" if args.compute == "matmul" else f"CNN steps (batch {args.batch})"
@@ -134,16 +132,14 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for case in args.cases.split(","):
         backend, _, progress = case.partition(":")
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "result.json"
-            argv = [sys.executable, __file__, "--repeats", str(args.repeats),
-                    "--compute-fraction", str(args.compute_fraction), "--compute", args.compute,
-                    "--batch", str(args.batch),
-                    "--worker", backend, progress or "-", str(int(args.mbytes * 1e6)), str(out)]
-            with emulated_cluster(2, LinkSpec.parse(args.emulated)) as cluster:
-                run_in_cluster(cluster, backend, argv, {"OMP_NUM_THREADS": "1"}, Path(tmp), grace_s=10.0,
-                               mpiexec=find_executable("mpiexec") or "mpiexec")
-            raw = {k: [x * 1e3 for x in v] for k, v in json.loads(out.read_text()).items()}
+        result = run_for_result(
+            2, LinkSpec.parse(args.emulated), backend,
+            lambda out: [sys.executable, __file__, "--repeats", str(args.repeats),
+                         "--compute-fraction", str(args.compute_fraction), "--compute", args.compute,
+                         "--batch", str(args.batch),
+                         "--worker", backend, progress or "-", str(int(args.mbytes * 1e6)), str(out)],
+            {"OMP_NUM_THREADS": "1"})
+        raw = {k: [x * 1e3 for x in v] for k, v in result.items()}
         r = {k: statistics.median(v) for k, v in raw.items()}
         # what overlapping costs each side (asyncsgd-bench --overlap-cost s_c,s_r), per repeat from
         # that repeat's own pair: medians of the columns would pair numbers of different repeats

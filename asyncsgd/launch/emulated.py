@@ -15,7 +15,8 @@ named. Either way the cluster is torn down when the run ends, however it ends.
 
 :func:`run_in_cluster` is the launcher without the run directory's config:
 any worker program (e.g. the link benchmark, :mod:`asyncsgd.launch.linkbench`)
-can be started on a cluster with it.
+can be started on a cluster with it; :func:`run_for_result` does that on a
+fresh cluster and returns the JSON the workers wrote (the measurement scripts).
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ import logging
 import os
 import select
 import signal
+import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from ..config import Config
 from ..runinfo import failures, update_summary
@@ -92,6 +95,20 @@ def run_in_cluster(cluster: EmulatedCluster, backend: str, argv: Sequence[str], 
         _stop(procs, grace_s=0)
         _stop({-1: store}, grace_s=0)
 
+
+def run_for_result(world_size: int, link: LinkSpec, backend: str, argv: Callable[[Path], Sequence[str]],
+                   env: Dict[str, str], prefix: str = "asyncsgd-") -> Any:
+    """Start ``argv(out)`` as every rank of a fresh emulated cluster of ``world_size`` workers on
+    ``link``, wait for them, and return the JSON they wrote to ``out`` (by the workers' own
+    convention, rank 0 writes it). Failures raise as :func:`run_in_cluster`'s do."""
+    from .environment import find_executable
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        out = Path(tmp) / "result.json"
+        with emulated_cluster(world_size, link) as cluster:
+            run_in_cluster(cluster, backend, list(argv(out)), env, Path(tmp), grace_s=10.0,
+                           mpiexec=find_executable("mpiexec") or "mpiexec")
+        return json.loads(out.read_text())
 
 # The job's rendezvous store. Prints one line once it listens, then lives until killed.
 _STORE_CODE = """

@@ -44,7 +44,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from dataclasses import replace
@@ -169,21 +168,16 @@ def _worker(args) -> None:
 def measure(backend: str, rate: str, world_size: int, sizes: Sequence[int], repeats: int,
             timeout_s: float = 300.0) -> dict:
     """Run the worker on a fresh emulated cluster; returns rank 0's measurements."""
-    from ..launch.emulated import run_in_cluster
-    from ..launch.environment import find_executable
-    from ..launch.netns import LinkSpec, emulated_cluster
+    from ..launch.emulated import run_for_result
+    from ..launch.netns import LinkSpec
 
     link = LinkSpec.parse(rate)
-    with tempfile.TemporaryDirectory(prefix="asyncsgd-calibrate-") as tmp:
-        out = Path(tmp) / "result.json"
-        argv = [sys.executable, "-m", "asyncsgd.projection.calibrate", "--worker", "--backend", backend,
-                "--sizes", ",".join(map(str, sizes)), "--repeats", str(repeats), "--timeout", str(timeout_s),
-                "--out", str(out)]
-        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        with emulated_cluster(world_size, link) as cluster:
-            run_in_cluster(cluster, backend, argv, env, Path(tmp), grace_s=10.0,
-                           mpiexec=find_executable("mpiexec") or "mpiexec")
-        result = json.loads(out.read_text())
+    result = run_for_result(
+        world_size, link, backend,
+        lambda out: [sys.executable, "-m", "asyncsgd.projection.calibrate", "--worker", "--backend", backend,
+                     "--sizes", ",".join(map(str, sizes)), "--repeats", str(repeats), "--timeout", str(timeout_s),
+                     "--out", str(out)],
+        {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, prefix="asyncsgd-calibrate-")
     import platform
 
     result.update(rate=rate, rate_bps=link.rate_bps, sizes=list(sizes), repeats=repeats, host=platform.node())
