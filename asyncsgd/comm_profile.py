@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 from .io import atomic_write_text
-from .timeline import COMM, COMPUTE, WAITS, TraceError, read_trace
+from .timeline import COMM, COMPUTE, WAITS, TraceError, read_trace, trace_path
 
 
 class ProfileInputError(ValueError):
@@ -49,7 +49,7 @@ def load_events(run_dir: Path, rank: int = 0) -> List[dict]:
         raise ProfileInputError(str(exc)) from None
     spans = [e for e in events if e.get("ph") == "X" and e.get("pid") == rank]
     if not spans:
-        raise ProfileInputError(f"{Path(run_dir) / 'timeline.json'}: no spans of rank {rank}")
+        raise ProfileInputError(f"{trace_path(run_dir)}: no spans of rank {rank}")
     return spans
 
 

@@ -152,6 +152,11 @@ class Timeline:
         return meta + self.events
 
 
+def trace_path(run_dir: Path) -> Path:
+    """Where a run's timeline is: ``timeline.json`` in its run directory."""
+    return Path(run_dir) / "timeline.json"
+
+
 def write_trace(path: Path, events: List[dict]) -> None:
     atomic_write_json(path, {"traceEvents": events, "displayTimeUnit": "ms"})
 
@@ -163,7 +168,7 @@ class TraceError(ValueError):
 def read_trace(run_dir: Path, needs: str = "timeline=true") -> List[dict]:
     """The events of the trace :func:`write_trace` wrote in ``run_dir``; :class:`TraceError` (one
     line, saying to run with ``needs``) when there is none or it is not such a trace."""
-    path = Path(run_dir) / "timeline.json"
+    path = trace_path(run_dir)
     if not path.is_file():
         raise TraceError(f"{run_dir}: no timeline.json; run with {needs}")
     try:

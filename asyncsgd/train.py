@@ -32,7 +32,7 @@ from .models import average_buffers, build_model, count_parameters, loss_and_log
 from .runinfo import base_summary, update_summary
 from .stopping import Interrupted, StopRequest
 from .strategies import make_strategy
-from .timeline import Timeline, write_trace
+from .timeline import Timeline, trace_path, write_trace
 
 log = logging.getLogger("asyncsgd")
 
@@ -154,7 +154,7 @@ def train(cfg: Config, run_dir: Path, comm: Communicator, threads: int, progress
     if cfg.timeline:
         events = gather_timeline(timeline, comm, cfg.timeline_all_ranks)
         if writer:
-            write_trace(run_dir / "timeline.json", events)
+            write_trace(trace_path(run_dir), events)
     if writer:
         atomic_torch_save(run_dir / "model_final.pt", model.state_dict())
         update_summary(run_dir, **summary)

@@ -358,10 +358,10 @@ def profile_from_run(run_dir: Path, rank: int = 0) -> Profile:
     iterations, per-layer updates of a strategy that updates all at once) is left out;
     :func:`fill_from` takes it from a measured profile.
     """
-    from ..timeline import TraceError, read_trace
+    from ..timeline import TraceError, read_trace, trace_path
 
     run_dir = Path(run_dir)
-    trace = run_dir / "timeline.json"
+    trace = trace_path(run_dir)
     try:
         events = read_trace(run_dir, needs="timeline=true (and timeline_steps >= 3)")
     except TraceError as exc:
