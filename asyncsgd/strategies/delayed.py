@@ -49,8 +49,7 @@ class DelayedStrategy(Strategy):
 
     def attach(self, model, make_optimizer):
         net = super().attach(model, make_optimizer)
-        self.flat = self._flat_gradients(extra=1)  # the gradients as one buffer, + the stop flag
-        if self.flat is None:
+        if self._flat_gradients(extra=1) is None:  # the gradients as one buffer (self.flat), + the stop flag
             raise ValueError("strategy=delayed needs every parameter in one dtype on one device")
         self.free: Deque[torch.Tensor] = deque(torch.empty_like(self.flat) for _ in range(self.cfg.k + 1))
         self.in_flight: Deque[_Queued] = deque()  # oldest first
@@ -59,6 +58,11 @@ class DelayedStrategy(Strategy):
         self.compensation = Compensation(self.cfg, self.params, self.optimizer, self._flatten_into,
                                          self._unflatten_from)
         return net
+
+    @property
+    def flat(self) -> torch.Tensor:
+        """The buffer the parameters' gradients are views of now (the next backward fills it)."""
+        return self.flat_grad
 
     def zero_grad(self) -> None:
         super().zero_grad()
@@ -76,7 +80,7 @@ class DelayedStrategy(Strategy):
         # between one reduction's end and the next one's start, where the link would wait for it)
         buffer = self.flat
         handle = self._reduce(buffer, f"allreduce step {self.steps_taken}", average=False)
-        self.flat = self._grads_into(self.free.popleft())
+        self._grads_into(self.free.popleft())
         self.in_flight.append(_Queued(self.steps_taken, handle, buffer, 1.0 / self.comm.size, True))
         self.compensation.after_backward(self.steps_taken)
         self.steps_taken += 1
