@@ -161,7 +161,28 @@ def main(argv=None) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m asyncsgd.worker RUN_DIR")
     run_dir = Path(argv[0])
-    run_worker(load_config(run_dir), run_dir)
+    cfg = load_config(run_dir)
+    run_worker(cfg, run_dir)
+    if cfg.backend.name != "mpi":
+        exit_without_finalization(0)
+
+
+def exit_without_finalization(code: int) -> None:
+    """End a worker whose run is complete and written, skipping the interpreter's finalization.
+
+    The process groups are destroyed by then, but C++ objects of torch.distributed that Python
+    still references (a DDP reducer, a collective's work and its future) are destroyed during
+    finalization, in no set order, while gloo's threads may still run: about one gloo run in two
+    hundred over the emulated links then died after its last step with SIGABRT ("terminate called
+    without an active exception"; pytorch/pytorch#190489, #179291), and a complete run was reported
+    as failed. Everything the run writes is closed before this point (summary, metrics, timeline:
+    atomic writes and closed files). MPI ranks end normally: mpiexec needs MPI_Finalize, which
+    mpi4py calls at exit.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
