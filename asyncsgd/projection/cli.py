@@ -149,6 +149,7 @@ def _strategies(text: str, prog: str):
 
 
 def _project(argv: List[str]) -> None:
+    from .network import yielded_share
     from .presets import network_names
     from .profile import ProfileError, load_profile
     from .project import DEFAULT_STRATEGIES, comm_dominates_at, scaling, scaling_markdown
@@ -169,8 +170,13 @@ def _project(argv: List[str]) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write projection.md and projection.csv here")
     parser.add_argument("--trace", type=Path, default=None,
                         help="write the predicted Chrome trace of the first strategy at the first worker count")
+    parser.add_argument("--compute-nice", type=int, default=0, metavar="N",
+                        help="the runs' backend.compute_nice (0-19): the training thread yields the CPU to the "
+                             "backend's threads, whose reductions then get more of a core while compute runs")
     args = parser.parse_args(argv)
     workers = _int_list(args.workers, "--workers", parser.prog)
+    if not 0 <= args.compute_nice <= 19:
+        _fail(parser.prog, f"--compute-nice {args.compute_nice} must be in [0, 19]")
     try:
         prof = load_profile(args.profile)
         if args.batch is not None:
@@ -192,7 +198,7 @@ def _project(argv: List[str]) -> None:
             rate = mbit * 1e6
         net = net.with_link(rate_bps=rate, latency_s=args.latency)
     specs = _strategies(args.strategies, parser.prog)
-    table = scaling(prof, net, workers, specs)
+    table = scaling(prof, net, workers, specs, compute_nice=args.compute_nice)
     dominates = comm_dominates_at(prof, net, workers)
     text = (f"# {prof.name} over {net.name}: {len(workers)} worker counts\n\n"
             f"Profile: {prof.source or prof.name}. Network: {net.source or net.name}. Compute per iteration "
@@ -202,7 +208,11 @@ def _project(argv: List[str]) -> None:
             + (f"; it exceeds the compute from {dominates} workers on" if dominates else "; never more than the compute here")
             + ". The bound of layerwise(wait_at=forward) (design.md, per-layer updates): "
             + ", ".join(f"{layerwise_bound_for(prof, net, w) * 1e3:.1f} ms at {w}" for w in workers)
-            + f".\n\nRules: {RULESET[AS_IMPLEMENTED]}; ideal: {RULESET[IDEAL]}.\n\n" + scaling_markdown(table) + "\n")
+            + f".\n\nRules: {RULESET[AS_IMPLEMENTED]}; ideal: {RULESET[IDEAL]}."
+            + (f" The training thread at nice +{args.compute_nice} (backend.compute_nice): a reduction gets "
+               f"{yielded_share(net.cpu_share, args.compute_nice):.2f} of a core while compute runs, "
+               f"against {net.cpu_share:.2f}." if args.compute_nice else "")
+            + "\n\n" + scaling_markdown(table) + "\n")
     print(text)
     if args.out:
         from ..io import atomic_write_text
@@ -214,7 +224,7 @@ def _project(argv: List[str]) -> None:
     if args.trace:
         from ..timeline import write_trace
 
-        pred = predict(prof, net, workers[0], specs[0])
+        pred = predict(prof, net, workers[0], specs[0], compute_nice=args.compute_nice)
         write_trace(args.trace, pred.trace)
         print(f"trace: {args.trace} ({specs[0].label}, {workers[0]} workers; open in https://ui.perfetto.dev)")
 

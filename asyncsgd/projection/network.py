@@ -76,6 +76,27 @@ def bus_factor(algorithm: str, p: int) -> float:
     return allreduce_time(algorithm, 1.0, p, 0.0, 1.0, 0.0)
 
 
+# Linux's CFS weight of a thread at nice 0..19 (kernel/sched/core.c, sched_prio_to_weight): a runnable
+# thread gets CPU in proportion to its weight, each nice step about 1.25x less.
+CFS_WEIGHT = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
+
+
+def yielded_share(share: float, compute_nice: int) -> float:
+    """The most of a core a reduction's thread gets while the training thread computes, once the
+    training thread has added ``compute_nice`` to its nice value (``backend.compute_nice``).
+
+    ``share`` is what was measured at equal priorities (the calibration's ``cpu_share``). Read as
+    proportional sharing, it says the reduction's thread weighs share / (1 - share) of the compute;
+    lowering the compute's weight from 1024 to CFS_WEIGHT[compute_nice] raises that ratio by as
+    much. At nice 19 a measured 0.43 becomes 0.98: the reduction preempts the compute.
+    """
+    if not 0 <= compute_nice < len(CFS_WEIGHT):
+        raise NetworkError(f"compute_nice={compute_nice} must be in [0, {len(CFS_WEIGHT) - 1}]")
+    if share >= 1.0 or compute_nice == 0:
+        return share
+    return share / (share + (1.0 - share) * CFS_WEIGHT[compute_nice] / CFS_WEIGHT[0])
+
+
 @dataclass
 class SizeRange:
     """Messages up to ``up_to_bytes`` (None: any size) use ``algorithm``; a range may have its own

@@ -34,15 +34,16 @@ def comm_alone_s(profile: Profile, network, world_size: int) -> float:
 
 
 def scaling(profile: Profile, network, workers: Sequence[int], strategies: Sequence[StrategySpec],
-            rules: Sequence[str] = (AS_IMPLEMENTED, IDEAL), cpu: float = 1.0) -> pd.DataFrame:
+            rules: Sequence[str] = (AS_IMPLEMENTED, IDEAL), cpu: float = 1.0, compute_nice: int = 0) -> pd.DataFrame:
     rows = []
     for p in workers:
         t_compute = predict(profile, network, p, StrategySpec("nocomm"), AS_IMPLEMENTED, cpu=cpu).period_s
         t_comm = comm_alone_s(profile, network, p)
-        sync = {r: predict(profile, network, p, StrategySpec("sync"), r, cpu=cpu).period_s for r in rules}
+        sync = {r: predict(profile, network, p, StrategySpec("sync"), r, cpu=cpu, compute_nice=compute_nice).period_s
+                for r in rules}
         for spec in strategies:
             for r in rules:
-                pred = predict(profile, network, p, spec, r, cpu=cpu)
+                pred = predict(profile, network, p, spec, r, cpu=cpu, compute_nice=compute_nice)
                 t = pred.period_s
                 limit = max(t_compute, t_comm)
                 rows.append({

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..timeline import WAITS
+from .network import yielded_share
 from .profile import Layer, Profile
 from .simulate import Compute, IterationMark, Machine, Reduction, Result, Start, Wait, simulate
 
@@ -185,11 +186,6 @@ def ruleset_for(config: dict) -> str:
         raise ScheduleError(f"strategy.compensation={strategy['compensation']}: {', '.join(costly)} adds passes over "
                             "copies of the weights each step that no profile measures; the model predicts delayed "
                             f"with compensation none, {' or '.join(FREE_COMPENSATIONS)} (no extra work)")
-    backend = config.get("backend", {}) if isinstance(config.get("backend"), dict) else {}
-    if int(backend.get("compute_nice", 0) or 0) > 0:
-        raise ScheduleError(f"backend.compute_nice={backend['compute_nice']}: the training thread yields the CPU to "
-                            "the backend's threads, which changes what a reduction's CPU work costs the compute; "
-                            "the calibration's CPU cost was measured at equal priorities")
     if "momentum" in rules:
         from ..strategies.compensation import explicit_momentum
 
@@ -210,6 +206,7 @@ class Plan:
     world_size: int
     cpu: float = 1.0  # cores per worker (1 / measured slowdown on a shared host)
     ideal: bool = False
+    compute_nice: int = 0  # backend.compute_nice: the training thread yields the CPU to the reductions' threads
     _costs: Dict[tuple, Tuple[float, float]] = field(default_factory=dict)  # (bytes, average) -> (link, cpu)
 
     def __post_init__(self) -> None:
@@ -259,7 +256,8 @@ class Plan:
         if self.ideal:
             return Machine(cpu=self.cpu, channels=1, preemptive=True, cpu_contention=False)
         return Machine(cpu=self.cpu, channels=net.channels, channel_priority=getattr(net, "channel_priority", False),
-                       efficiency=net.efficiency, cpu_share=net.cpu_share, cpu_poll=net.cpu_poll,
+                       efficiency=net.efficiency, cpu_share=yielded_share(net.cpu_share, self.compute_nice),
+                       cpu_poll=net.cpu_poll,
                        cpu_poll_gate=net.cpu_poll_gate)
 
 
@@ -889,18 +887,22 @@ def worker_cpu(profile: Profile, world_size: int, threads: int = 1, cores: Optio
 
 
 def predict(profile: Profile, network, world_size: int, spec: StrategySpec, rules: str = AS_IMPLEMENTED,
-            cpu: Optional[float] = None, steps: Optional[int] = None, warmup: Optional[int] = None) -> Prediction:
+            cpu: Optional[float] = None, steps: Optional[int] = None, warmup: Optional[int] = None,
+            compute_nice: int = 0) -> Prediction:
     """Simulate ``spec`` on ``world_size`` workers over ``network`` (a Network or presets.Hierarchical).
 
     By default long enough for the steady state; ``steps``/``warmup`` reproduce a run's
     train.max_steps/train.warmup_steps, so the median is taken over the same iterations.
+    ``compute_nice`` is the run's backend.compute_nice: the reductions' threads get the larger share
+    of a core that the training thread's lower priority leaves them (network.yielded_share).
     """
     if spec.name not in PROGRAMS:
         raise ScheduleError(f"strategy {spec.name!r} has no schedule in the model")
     if rules not in RULESET:
         raise ScheduleError(f"unknown rule set {rules!r}; known: {', '.join(RULESET)}")
     ideal = rules == IDEAL
-    plan = Plan(profile, network, world_size, cpu=worker_cpu(profile, world_size) if cpu is None else cpu, ideal=ideal)
+    plan = Plan(profile, network, world_size, cpu=worker_cpu(profile, world_size) if cpu is None else cpu, ideal=ideal,
+                compute_nice=compute_nice)
     worker = PROGRAMS[spec.name](plan, spec)
     if steps is not None:
         warmup = worker.warmup if warmup is None else warmup

@@ -26,6 +26,7 @@ import pandas as pd
 
 from .. import report as house
 from ..config import MPIBackendConfig
+from ..report.frames import nice_suffix, split_nice
 from .profile import Profile, ProfileError
 from .schedules import IDEAL, ScheduleError, StrategySpec, predict, ruleset_for, worker_cpu
 
@@ -160,9 +161,14 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
     flat = _flat(config)
     backend = meta["backend"]
     rate = link_rate_bps(config)
+    nice = int(flat.get("backend.compute_nice") or 0)
+    # the report's label carries +nice already (a variant ranked apart); a config without a label does not
+    label = str(meta["strategy"])
+    if nice and "+nice" not in label:
+        label += nice_suffix(nice)
     row = {"run": str(meta["run"]), "backend": backend, "model": meta["model"], "batch_size": meta["batch_size"],
            "link": flat.get("cluster.bandwidth") if rate else "loopback", "world_size": meta["world_size"],
-           "strategy": meta["strategy"], "measured_ms": float(meta.get("t_iter_s", math.nan)) * 1e3,
+           "strategy": label, "measured_ms": float(meta.get("t_iter_s", math.nan)) * 1e3,
            "measured_median_ms": float(meta["median_iter_s"]) * 1e3,
            "measured_comm_wait_ms": float(meta.get("t_comm_wait_s", math.nan)) * 1e3, "problem": None}
     profile = match_profile(profiles, config)
@@ -189,7 +195,7 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
         warmup = min(int(flat.get("train.warmup_steps") or 0), steps - 1)
         world = int(meta["world_size"])
         cpu = worker_cpu(profile, world, int(flat.get("train.threads") or 1))
-        pred = predict(profile, net, world, spec, rules, cpu=cpu, steps=steps, warmup=warmup)
+        pred = predict(profile, net, world, spec, rules, cpu=cpu, steps=steps, warmup=warmup, compute_nice=nice)
         row.update(profile=profile.name, rules=rules, predicted_ms=pred.mean_s * 1e3,
                    predicted_median_ms=pred.iter_s * 1e3, predicted_comm_wait_ms=pred.comm_wait_s * 1e3)
         if with_ideal:
@@ -261,7 +267,8 @@ def validate_runs_csv(path: Path, profiles: Sequence[Profile], networks: Dict[st
     rows = []
     for _, meta in frame[frame["status"] == "complete"].iterrows():
         bandwidth = meta.get("cluster.bandwidth")
-        config = {"strategy": _strategy_config(str(meta["strategy"])), "backend": {"name": meta["backend"]},
+        label, nice = split_nice(str(meta["strategy"]))
+        config = {"strategy": _strategy_config(label), "backend": {"name": meta["backend"], "compute_nice": nice},
                   "model": {"name": meta["model"]}, "dataset": {"name": meta.get("dataset", "synthetic")},
                   "train": {"batch_size": int(meta["batch_size"]), "max_steps": int(meta["steps"]),
                             "warmup_steps": warmup, "threads": 1},

@@ -14,7 +14,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ CHOICE_GROUPS = ("dataset", "model", "backend", "strategy", "launcher")
 # are compared as one setting. seed is here on purpose: repeated seeds are pooled.
 NOT_SETTINGS = re.compile(
     r"^(seed|world_size|progress_bar|strategy\..*|fault\..*|checkpoint\..*|resume\..*|launcher\..*|backend\.(timeout_s|master_port|mpiexec|"
-    r"mpiexec_args)|dataset\.(root|download)|train\.(log_every_steps|measure_comm))$"
+    r"mpiexec_args|compute_nice)|dataset\.(root|download)|train\.(log_every_steps|measure_comm))$"
 )
 
 # The setting columns every row carries (from the config); other varying keys are
@@ -89,12 +89,30 @@ def _varying_keys(flat: List[Dict[str, object]], keys: Iterable[str]) -> List[st
     return varying
 
 
+def nice_suffix(compute_nice: object) -> str:
+    """``+nice`` for a run whose training thread yielded the CPU to the backend's threads
+    (backend.compute_nice=19, the benchmark's ``CASE+nice``), ``+nice=N`` for another N, else ''."""
+    n = int(compute_nice or 0)
+    return "" if n == 0 else "+nice" if n == 19 else f"+nice={n}"
+
+
+def split_nice(label: str) -> Tuple[str, int]:
+    """``delayed(k=1)+nice`` -> (``delayed(k=1)``, 19): a label of :func:`strategy_labels` and its
+    backend.compute_nice."""
+    base, sep, rest = label.partition("+nice")
+    if not sep:
+        return label, 0
+    return base, int(rest[1:]) if rest.startswith("=") else 19
+
+
 def strategy_labels(configs: Sequence[Dict[str, object]]) -> List[str]:
-    """``name(key=value, ...)`` per run: the strategy's defining keys plus any that vary between runs."""
+    """``name(key=value, ...)`` per run: the strategy's defining keys plus any that vary between runs,
+    and ``+nice`` where the training thread yielded the CPU (a variant of the strategy, compared with
+    the others of its setting, as the benchmark names it; not a setting of its own)."""
     flat = _same_types([_flatten(c.get("strategy", {}) if isinstance(c.get("strategy"), dict) else {})
                         for c in configs])
     labels = []
-    for f in flat:
+    for config, f in zip(configs, flat):
         name = str(f.get("name", "unknown"))
         same = [g for g in flat if str(g.get("name", "unknown")) == name]
         keys = [k for k in f if k != "name"]
@@ -102,7 +120,9 @@ def strategy_labels(configs: Sequence[Dict[str, object]]) -> List[str]:
         unless = STRATEGY_KEYS_UNLESS.get(name, {})
         shown = [k for k in keys if k in STRATEGY_KEYS.get(name, ()) or k in varying
                  or (k in unless and _value_text(f[k]) != unless[k])]
-        labels.append(f"{name}({', '.join(f'{k}={_value_text(f[k])}' for k in shown)})" if shown else name)
+        label = f"{name}({', '.join(f'{k}={_value_text(f[k])}' for k in shown)})" if shown else name
+        backend = config.get("backend") if isinstance(config.get("backend"), dict) else {}
+        labels.append(label + nice_suffix(backend.get("compute_nice")))
     return labels
 
 

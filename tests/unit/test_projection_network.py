@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asyncsgd.projection.calibrate import fit
-from asyncsgd.projection.network import Network, NetworkError, allreduce_time, bus_factor
+from asyncsgd.projection.network import CFS_WEIGHT, Network, NetworkError, allreduce_time, bus_factor, yielded_share
 from asyncsgd.projection.presets import NETWORKS, Hierarchical, load_network
 
 A, B, G = 1e-6, 1e-9, 1e-10  # alpha (s), beta (s/byte), gamma (s/byte)
@@ -131,3 +131,19 @@ def test_fit_tells_algorithms_apart_with_several_world_sizes():
     net = fit(runs, "mpi")
     assert net.ranges[-1].algorithm == "recursive_doubling"
     assert net.channels == 1 and not net.scale_on_worker
+
+
+def test_yielded_share_follows_the_kernels_weights():
+    # equal priorities: the measured share; a training thread at nice N weighs CFS_WEIGHT[N] / 1024 of
+    # what it did, so a reduction's thread measured at s (weighing s / (1 - s) of the compute) gets
+    # s / (s + (1 - s) * CFS_WEIGHT[N] / 1024)
+    assert yielded_share(0.43, 0) == 0.43
+    assert yielded_share(0.43, 19) == pytest.approx(0.43 / (0.43 + 0.57 * 15 / 1024))
+    assert yielded_share(0.43, 19) == pytest.approx(0.981, abs=1e-3)
+    assert yielded_share(0.5, 1) == pytest.approx(1024 / (1024 + 820))  # one nice step: about 1.25x
+    assert yielded_share(1.0, 19) == 1.0
+    shares = [yielded_share(0.3, n) for n in range(len(CFS_WEIGHT))]
+    assert shares == sorted(shares) and shares[0] == 0.3 and shares[-1] < 1.0
+    for bad in (-1, 20):
+        with pytest.raises(NetworkError, match="compute_nice"):
+            yielded_share(0.5, bad)

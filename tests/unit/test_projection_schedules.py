@@ -233,10 +233,9 @@ def test_rules_for_todays_strategy_keys():
         ruleset_for({"strategy": {**delayed, "k": 9, "compensation": "momentum"}, "train": {"momentum": 0.9}})
     with pytest.raises(ScheduleError, match="no rules for"):
         ruleset_for({"strategy": {**delayed, "something_new": 1}})
-    # a training thread that yields the CPU changes the cost of overlap the calibration measured
-    assert ruleset_for({"strategy": delayed, "backend": {"name": "gloo", "compute_nice": 0}}) == AS_IMPLEMENTED
-    with pytest.raises(ScheduleError, match="equal priorities"):
-        ruleset_for({"strategy": delayed, "backend": {"name": "gloo", "compute_nice": 19}})
+    # a training thread that yields the CPU is simulated (the reductions' share of a core), not refused
+    for nice in (0, 19):
+        assert ruleset_for({"strategy": delayed, "backend": {"name": "gloo", "compute_nice": nice}}) == AS_IMPLEMENTED
 
 
 # ---------------------------------------------------------------------- the bound of issue 12

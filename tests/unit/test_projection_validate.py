@@ -104,6 +104,27 @@ def test_mpi_runs_keep_their_max_inflight(tmp_path):
     assert f["predicted_ms"].nunique() == 2
 
 
+
+def test_runs_with_compute_nice_are_predicted_with_the_share_it_gives(tmp_path):
+    # backend.compute_nice: the reductions' threads get more of a core while compute runs
+    # (network.yielded_share). On a network whose reductions are starved of CPU at equal priorities,
+    # the run at nice 19 is predicted from that share, and faster than the same run at nice 0.
+    starved = replace(GLOO, cpu_s_per_byte=2e-9, cpu_share=0.05)
+    prof = profile_from_dict(PROFILE)
+    strategy = {"name": "delayed", "k": 1}
+    for nice in (0, 19):
+        make_run(tmp_path / f"n{nice}", strategy=strategy, batch_size=16, train={"max_steps": 10},
+                 extra_config={**LINK, "backend": {"name": "gloo", "compute_nice": nice}})
+    f = validate([tmp_path], [prof], {"gloo": starved}).frame
+    pred = {nice: f[f["run"].str.endswith(f"n{nice}")]["predicted_ms"].iloc[0] for nice in (0, 19)}
+    net = starved.with_link(rate_bps=1e9)
+    for nice in (0, 19):
+        expected = predict(prof, net, 2, StrategySpec.from_config(strategy), steps=10, warmup=5, compute_nice=nice)
+        assert pred[nice] == pytest.approx(expected.mean_s * 1e3)
+    assert pred[19] < 0.95 * pred[0]  # 10.9 against 12.2 ms: the starved reduction no longer holds the step
+    # ranked as two strategies of the setting, not one
+    assert sorted(f["strategy"]) == ["delayed(k=1)", "delayed(k=1)+nice"]
+
 def _one_line_exit_2(capsys, call):
     with pytest.raises(SystemExit) as info:
         call()
@@ -126,6 +147,8 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path):
     assert "unknown strategy 'async'" in err
     err = _one_line_exit_2(capsys, lambda: cli.project([str(good), "--network", "ib-fdr", "--workers", "2,0"]))
     assert "--workers" in err
+    err = _one_line_exit_2(capsys, lambda: cli.project([str(good), "--network", "ib-fdr", "--compute-nice", "20"]))
+    assert "--compute-nice 20 must be in [0, 19]" in err
     err = _one_line_exit_2(capsys, lambda: cli.project(["validate", str(tmp_path), "--profiles", str(good),
                                                         "--network", str(good)]))
     assert "not a calibration file" in err

@@ -11,6 +11,7 @@ from asyncsgd.report import (
     PLOTS, ReportError, _aligned, find_runs, link_rate_mbit, load_runs, make_report, missing_jobs, resolve_baseline, runs_frame,
     speedup_frame, strategy_labels,
 )
+from asyncsgd.report.frames import split_nice
 
 from ..report_fixtures import make_run, md_tables, png_size
 
@@ -210,6 +211,22 @@ def test_a_compensation_is_always_in_the_label():
         "delayed(k=1, compensation=spike+predict)", "delayed(k=2, compensation=spike+predict)", "sync"]
     plain = [{"strategy": {"name": "delayed", "k": k, "compensation": "none"}} for k in (1, 2)]
     assert strategy_labels(plain) == ["delayed(k=1)", "delayed(k=2)"]
+
+
+def test_a_yielding_training_thread_is_a_variant_of_its_strategy_not_a_setting(tmp_path):
+    # backend.compute_nice: the benchmark's CASE+nice, compared with sync of the same setting
+    configs = [{"strategy": {"name": "delayed", "k": 1}, "backend": {"name": "gloo", "compute_nice": n}}
+               for n in (0, 19, 5)]
+    assert strategy_labels(configs) == ["delayed(k=1)", "delayed(k=1)+nice", "delayed(k=1)+nice=5"]
+    assert [split_nice(label) for label in strategy_labels(configs)] == [
+        ("delayed(k=1)", 0), ("delayed(k=1)", 19), ("delayed(k=1)", 5)]
+    for i, (name, nice, t) in enumerate([("sync", 0, 0.02), ("delayed", 0, 0.012), ("delayed", 19, 0.01)]):
+        make_run(tmp_path / f"r{i}", strategy={"name": name, "k": 1}, median_iter_s=t,
+                 extra_config={"backend": {"name": "gloo", "compute_nice": nice}})
+    table = make_report([tmp_path], out=tmp_path / "out").table.set_index("strategy")
+    assert "backend.compute_nice" not in table.columns  # one setting: each speedup is over its sync
+    assert table.loc["delayed(k=1)+nice", "speedup_vs_baseline"] == pytest.approx(2.0)
+    assert table.loc["delayed(k=1)", "speedup_vs_baseline"] == pytest.approx(0.02 / 0.012)
 
 
 def test_an_integer_and_a_float_of_one_key_are_one_setting():
