@@ -25,6 +25,7 @@ import pandas as pd
 
 from .io import atomic_write_text
 from .report import ReportError, load_runs, make_report, runs_frame
+from .report.frames import split_nice
 
 ACC_TOLERANCE_PP = 0.5  # "within 0.5 percentage points" of sync, and "no worse than" plain delayed K=1
 SPEED_RATIO = 0.9  # time-to-target speedup >= 0.9 x the per-iteration speedup (over the emulated links)
@@ -45,16 +46,21 @@ def choose_target(runs: pd.DataFrame) -> float:
     return math.floor(pp * 2.0) / 200.0
 
 
+def _fields(label: str) -> dict:
+    """``delayed(k=2, compensation=spike)+nice`` -> {"k": "2", "compensation": "spike"}."""
+    label = split_nice(label)[0]
+    return dict(part.split("=", 1) for part in label[len("delayed("):-1].split(", ") if "=" in part)
+
+
 def _k(label: str) -> Optional[int]:
     if not label.startswith("delayed("):
         return None
-    fields = dict(part.split("=", 1) for part in label[len("delayed("):-1].split(", ") if "=" in part)
+    fields = _fields(label)
     return int(fields["k"]) if "k" in fields else None
 
 
 def _compensation(label: str) -> str:
-    fields = dict(part.split("=", 1) for part in label[len("delayed("):-1].split(", ") if "=" in part)
-    return fields.get("compensation", "none")
+    return _fields(label).get("compensation", "none")
 
 
 def _pp(value: float) -> str:

@@ -154,6 +154,15 @@ def chosen_layout(strategy: dict, summary: Optional[dict]) -> dict:
     return {**strategy, "bucket_mb": layout.bucket_mb, "chunk_mb": layout.chunk_mb}
 
 
+def applied_nice(flat: dict, summary: Optional[dict]) -> int:
+    """The nice increment the run's training thread took: what summary.json says was applied
+    (``cpu_priority.compute_nice``: 0 where per-thread priorities are not supported, less than asked
+    where the thread started above nice 0 and hit 19), else the configured backend.compute_nice.
+    The model reads it as relative to backend threads at nice 0 (network.yielded_share)."""
+    applied = ((summary or {}).get("cpu_priority") or {}).get("compute_nice")
+    return int(applied if applied is not None else flat.get("backend.compute_nice") or 0)
+
+
 def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks: Dict[str, object],
                 with_ideal: bool = True, summary: Optional[dict] = None) -> dict:
     """One row: the run's measured numbers (``meta``: a runs.csv row; ``summary``: its summary.json,
@@ -161,7 +170,7 @@ def predict_run(config: dict, meta: dict, profiles: Sequence[Profile], networks:
     flat = _flat(config)
     backend = meta["backend"]
     rate = link_rate_bps(config)
-    nice = int(flat.get("backend.compute_nice") or 0)
+    nice = applied_nice(flat, summary)
     # the report's label carries +nice already (a variant ranked apart); a config without a label does not
     label = str(meta["strategy"])
     if nice and "+nice" not in label:
@@ -268,6 +277,8 @@ def validate_runs_csv(path: Path, profiles: Sequence[Profile], networks: Dict[st
     for _, meta in frame[frame["status"] == "complete"].iterrows():
         bandwidth = meta.get("cluster.bandwidth")
         label, nice = split_nice(str(meta["strategy"]))
+        if not nice and "backend.compute_nice" in meta and pd.notna(meta["backend.compute_nice"]):
+            nice = int(meta["backend.compute_nice"])  # a report made before +nice labels: a setting column
         config = {"strategy": _strategy_config(label), "backend": {"name": meta["backend"], "compute_nice": nice},
                   "model": {"name": meta["model"]}, "dataset": {"name": meta.get("dataset", "synthetic")},
                   "train": {"batch_size": int(meta["batch_size"]), "max_steps": int(meta["steps"]),

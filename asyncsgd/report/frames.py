@@ -248,6 +248,8 @@ def resolve_baseline(labels: Iterable[str], baseline: str) -> Optional[str]:
     if baseline in labels:
         return baseline
     named = [label for label in labels if label.split("(", 1)[0] == baseline]
+    plain = [label for label in named if split_nice(label)[1] == 0]
+    named = plain or named  # the strategy's +nice variant (a yielding training thread) is not what a name means
     if len(named) > 1:
         raise ReportError(f"--baseline {baseline} matches {', '.join(named)}; name one of them")
     return named[0] if named else None

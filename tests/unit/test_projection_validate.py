@@ -115,8 +115,16 @@ def test_runs_with_compute_nice_are_predicted_with_the_share_it_gives(tmp_path):
     for nice in (0, 19):
         make_run(tmp_path / f"n{nice}", strategy=strategy, batch_size=16, train={"max_steps": 10},
                  extra_config={**LINK, "backend": {"name": "gloo", "compute_nice": nice}})
+    # asked for, but not applied (summary.json: not Linux): predicted as what the run did
+    make_run(tmp_path / "other", strategy=strategy, batch_size=16, train={"max_steps": 10},
+             extra_config={**LINK, "backend": {"name": "gloo", "compute_nice": 19}})
+    summary = json.loads((tmp_path / "other" / "summary.json").read_text())
+    summary["cpu_priority"] = {"compute_nice": 0, "not_applied": "per-thread priorities are Linux-only (darwin)"}
+    (tmp_path / "other" / "summary.json").write_text(json.dumps(summary))
     f = validate([tmp_path], [prof], {"gloo": starved}).frame
     pred = {nice: f[f["run"].str.endswith(f"n{nice}")]["predicted_ms"].iloc[0] for nice in (0, 19)}
+    assert f[f["run"].str.endswith("other")]["predicted_ms"].iloc[0] == pytest.approx(pred[0])
+    f = f[~f["run"].str.endswith("other")]
     net = starved.with_link(rate_bps=1e9)
     for nice in (0, 19):
         expected = predict(prof, net, 2, StrategySpec.from_config(strategy), steps=10, warmup=5, compute_nice=nice)

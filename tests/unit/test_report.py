@@ -227,6 +227,9 @@ def test_a_yielding_training_thread_is_a_variant_of_its_strategy_not_a_setting(t
     assert "backend.compute_nice" not in table.columns  # one setting: each speedup is over its sync
     assert table.loc["delayed(k=1)+nice", "speedup_vs_baseline"] == pytest.approx(2.0)
     assert table.loc["delayed(k=1)", "speedup_vs_baseline"] == pytest.approx(0.02 / 0.012)
+    # a strategy's name means its plain variant, not the one with a yielding training thread
+    assert resolve_baseline(["sync", "delayed(k=1)", "delayed(k=1)+nice"], "delayed") == "delayed(k=1)"
+    assert resolve_baseline(["sync", "delayed(k=1)+nice"], "delayed") == "delayed(k=1)+nice"
 
 
 def test_an_integer_and_a_float_of_one_key_are_one_setting():

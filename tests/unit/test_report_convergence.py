@@ -113,6 +113,15 @@ def test_the_best_variant_is_the_first_to_the_target_among_those_that_keep_the_a
     assert "`delayed(k=2, compensation=dc)` ends at 86.80%" in lines[1] and "**missed**" in lines[1]
 
 
+def test_verdicts_read_the_variant_with_a_yielding_training_thread():
+    # backend.compute_nice labels a run STRATEGY+nice: still a delayed K=1 variant
+    rows = [("sync", 0.880, 10.0), ("delayed(k=1)", 0.870, 8.0), ("delayed(k=1)+nice", 0.878, 7.0)]
+    table = pd.DataFrame([{"strategy": s, "world_size": 2, "runs": 3, "test_acc": a, "time_to_target_s": t,
+                           "ttt_speedup": 10.0 / t, "speedup_vs_baseline": 1.4} for s, a, t in rows])
+    lines = verdicts(table, "emulated")
+    assert lines[0].startswith("- K=1: best delayed variant `delayed(k=1)+nice` ends at 87.80%")
+
+
 def test_the_study_readme_states_each_target_with_its_numbers(tmp_path):
     cell = tmp_path / "runs" / "emulated-mlp"
     for seed, acc in enumerate((0.8861, 0.8905, 0.8790)):

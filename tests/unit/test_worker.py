@@ -26,6 +26,7 @@ def test_a_finished_worker_skips_finalization_except_under_mpi(monkeypatch, tmp_
         raise Exited()
 
     monkeypatch.setattr(worker.os, "_exit", fake_exit)
+    monkeypatch.setattr(worker.logging, "shutdown", lambda: None)  # pytest's own handlers stay open
     if skips_finalization:
         with pytest.raises(Exited):
             worker.main([str(tmp_path)])
