@@ -162,7 +162,12 @@ def main(argv=None) -> None:
         sys.exit("usage: python -m asyncsgd.worker RUN_DIR")
     run_dir = Path(argv[0])
     cfg = load_config(run_dir)
-    run_worker(cfg, run_dir)
+    try:
+        run_worker(cfg, run_dir)
+    except SystemExit as exc:  # an agreed stop (130) after its checkpoint: written too
+        if cfg.backend.name == "mpi" or not isinstance(exc.code, int):
+            raise
+        exit_without_finalization(exc.code)
     if cfg.backend.name != "mpi":
         exit_without_finalization(0)
 

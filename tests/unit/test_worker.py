@@ -35,3 +35,27 @@ def test_a_finished_worker_skips_finalization_except_under_mpi(monkeypatch, tmp_
         worker.main([str(tmp_path)])
         assert exits == []
     assert ran == [(cfg, tmp_path)]
+
+
+def test_a_worker_stopped_at_a_step_boundary_also_skips_finalization(monkeypatch, tmp_path):
+    # an agreed stop ends with status 130 once the checkpoint is written: the same teardown risk
+    cfg = SimpleNamespace(backend=SimpleNamespace(name="gloo"))
+    exits = []
+    monkeypatch.setattr(worker, "load_config", lambda run_dir: cfg)
+
+    def stopped(c, run_dir):
+        raise SystemExit(worker.EXIT_INTERRUPTED)
+
+    def fake_exit(code):
+        exits.append(code)
+        raise Exited()
+
+    monkeypatch.setattr(worker, "run_worker", stopped)
+    monkeypatch.setattr(worker.os, "_exit", fake_exit)
+    monkeypatch.setattr(worker.logging, "shutdown", lambda: None)
+    with pytest.raises(Exited):
+        worker.main([str(tmp_path)])
+    assert exits == [worker.EXIT_INTERRUPTED]
+    cfg.backend.name = "mpi"  # MPI ranks leave through SystemExit, to MPI_Finalize
+    with pytest.raises(SystemExit):
+        worker.main([str(tmp_path)])
