@@ -375,8 +375,9 @@ class Sync(Worker):
 
 
 class Delayed(Worker):
-    """delayed.py: the gradient of step t is copied into a buffer (+ the stop flag), summed in the
-    background and, at step t+K, copied back into the gradients scaled by 1/P and applied."""
+    """delayed.py: the gradient of step t (+ the stop flag) is summed in the background where backward
+    left it (the next backward fills a free buffer) and, at step t+K, copied back into the gradients
+    scaled by 1/P and applied."""
 
     carries_stop_flag = True
 
@@ -394,7 +395,7 @@ class Delayed(Worker):
         # one reduction on the link at a time: the ones in flight are waited for before this step's starts
         for queued in self.in_flight:
             yield from self.wait(queued, f"step {queued.grad_step}", averaged=False)
-        yield Compute(self.plan.copy_s(nbytes), "copy into buffer", "comm_wait", track=-1)
+        # no copy: the buffer backward filled is reduced in place (delayed.py, since it stopped copying)
         r = self.plan.reduction(f"step {step}", nbytes + self.flag_bytes, step, step, urgency=(step,), average=False)
         yield Start(r)
         self.in_flight.append(r)

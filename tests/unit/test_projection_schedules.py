@@ -444,6 +444,17 @@ def test_bucketing_follows_layerwise():
     assert layer_buckets(layers, 1.0) == [[4], [1, 2, 3], [0]]
 
 
+def test_delayed_reduces_the_gradient_in_place_and_copies_it_back_once():
+    # delayed.py reduces the buffer backward filled (no copy into a buffer first) and copies the sum
+    # back into the gradients scaled by 1/P: one copy per step on the critical path, not two
+    prof = toy([10, 10], [10, 10], [4000, 4000])
+    copying = toy([10, 10], [10, 10], [4000, 4000])
+    copying.memory["copy_s_per_byte"] = 1 * MS / prof.nbytes  # 1 ms to copy the whole gradient
+    fast = Network("fast", alpha=0.0, beta=1e-12)
+    extra = period(copying, "delayed(k=1)", AS_IMPLEMENTED, fast) - period(prof, "delayed(k=1)", AS_IMPLEMENTED, fast)
+    assert extra == pytest.approx(1.0, abs=0.01)
+
+
 def test_polling_takes_cpu_from_compute_but_does_not_slow_the_reduction():
     # MPICH spins through a blocking allreduce: its thread soaks up the share it gets while compute
     # runs (here a quarter of the core) but needs it for no progress. delayed K=1: the 8 ms reduction
