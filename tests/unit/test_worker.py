@@ -12,21 +12,34 @@ class Exited(Exception):
     pass
 
 
-@pytest.mark.parametrize("backend, skips_finalization", [("gloo", True), ("nccl", True), ("mpi", False)])
-def test_a_finished_worker_skips_finalization_except_under_mpi(monkeypatch, tmp_path, backend, skips_finalization):
-    # torch.distributed workers leave with os._exit once the run is written (gloo's C++ objects
-    # destroyed during finalization could abort a complete run); MPI ranks must reach MPI_Finalize
-    cfg = SimpleNamespace(backend=SimpleNamespace(name=backend))
-    ran, exits = [], []
-    monkeypatch.setattr(worker, "load_config", lambda run_dir: cfg)
-    monkeypatch.setattr(worker, "run_worker", lambda c, run_dir: ran.append((c, run_dir)))
+@pytest.fixture
+def exits(monkeypatch):
+    """The codes os._exit was called with; the call raises Exited instead of ending pytest."""
+    codes = []
 
     def fake_exit(code):
-        exits.append(code)
+        codes.append(code)
         raise Exited()
 
     monkeypatch.setattr(worker.os, "_exit", fake_exit)
     monkeypatch.setattr(worker.logging, "shutdown", lambda: None)  # pytest's own handlers stay open
+    return codes
+
+
+def with_backend(monkeypatch, name: str) -> SimpleNamespace:
+    cfg = SimpleNamespace(backend=SimpleNamespace(name=name))
+    monkeypatch.setattr(worker, "load_config", lambda run_dir: cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("backend, skips_finalization", [("gloo", True), ("nccl", True), ("mpi", False)])
+def test_a_finished_worker_skips_finalization_except_under_mpi(monkeypatch, tmp_path, exits, backend,
+                                                                skips_finalization):
+    # torch.distributed workers leave with os._exit once the run is written (gloo's C++ objects
+    # destroyed during finalization could abort a complete run); MPI ranks must reach MPI_Finalize
+    cfg = with_backend(monkeypatch, backend)
+    ran = []
+    monkeypatch.setattr(worker, "run_worker", lambda c, run_dir: ran.append((c, run_dir)))
     if skips_finalization:
         with pytest.raises(Exited):
             worker.main([str(tmp_path)])
@@ -37,22 +50,14 @@ def test_a_finished_worker_skips_finalization_except_under_mpi(monkeypatch, tmp_
     assert ran == [(cfg, tmp_path)]
 
 
-def test_a_worker_stopped_at_a_step_boundary_also_skips_finalization(monkeypatch, tmp_path):
+def test_a_worker_stopped_at_a_step_boundary_also_skips_finalization(monkeypatch, tmp_path, exits):
     # an agreed stop ends with status 130 once the checkpoint is written: the same teardown risk
-    cfg = SimpleNamespace(backend=SimpleNamespace(name="gloo"))
-    exits = []
-    monkeypatch.setattr(worker, "load_config", lambda run_dir: cfg)
+    cfg = with_backend(monkeypatch, "gloo")
 
     def stopped(c, run_dir):
         raise SystemExit(worker.EXIT_INTERRUPTED)
 
-    def fake_exit(code):
-        exits.append(code)
-        raise Exited()
-
     monkeypatch.setattr(worker, "run_worker", stopped)
-    monkeypatch.setattr(worker.os, "_exit", fake_exit)
-    monkeypatch.setattr(worker.logging, "shutdown", lambda: None)
     with pytest.raises(Exited):
         worker.main([str(tmp_path)])
     assert exits == [worker.EXIT_INTERRUPTED]
