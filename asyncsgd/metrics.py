@@ -96,6 +96,9 @@ class MetricsLog:
         self.path = path
         self.rows: List[dict] = []
         self.iter_times: List[float] = []
+        # the epoch-end and evaluation rows again: judged at every epoch end, where a scan of
+        # every row would cost O(steps) each time (3.8% of a 20,000-step digits run)
+        self._scored: List[dict] = []
         self.flush_every_s = flush_every_s
         self._last_flush = time.monotonic()  # of the last write (or of the start)
         self._written = False
@@ -116,8 +119,15 @@ class MetricsLog:
 
     def epoch(self, step: int, epoch: int, wall_s: float, kind: str = "epoch", **values: float) -> None:
         """An end-of-epoch row (``kind="epoch"``) or a test evaluation within an epoch (``kind="eval"``)."""
-        self.rows.append({"kind": kind, "step": step, "epoch": epoch, "wall_s": wall_s, **values})
+        row = {"kind": kind, "step": step, "epoch": epoch, "wall_s": wall_s, **values}
+        self.rows.append(row)
+        self._scored.append(row)
         self._flush_if_due(first=True)
+
+    def restore(self, rows: List[dict], iter_times: List[float]) -> None:
+        """The rows and step times of a resumed run, as its checkpoint holds them."""
+        self.rows, self.iter_times = list(rows), list(iter_times)
+        self._scored = [r for r in self.rows if r["kind"] != "iter"]
 
     def _flush_if_due(self, first: bool = False) -> None:
         """Rewrite the file every ``flush_every_s`` (or, with ``first``, if it was never written).
@@ -149,8 +159,8 @@ class MetricsLog:
         return statistics.median(times) if times else None
 
     def epoch_rows(self) -> List[dict]:
-        return [r for r in self.rows if r["kind"] == "epoch"]
+        return [r for r in self._scored if r["kind"] == "epoch"]
 
     def evaluation_rows(self) -> List[dict]:
         """Every row with a test evaluation (end of epoch or within one), in step order."""
-        return [r for r in self.rows if r["kind"] in ("epoch", "eval") and r.get("test_acc") is not None]
+        return [r for r in self._scored if r.get("test_acc") is not None]

@@ -68,3 +68,22 @@ def test_epoch_rows_do_not_rewrite_the_file_each_epoch(tmp_path):
     quick.epoch(1, 0, wall_s=0.1)
     quick.epoch(2, 1, wall_s=0.2)
     assert len(list(csv.DictReader(open(tmp_path / "quick.csv")))) == 2
+
+
+def test_epoch_and_evaluation_rows_are_kept_apart_from_the_steps_and_restored():
+    """The collapse check reads the epoch rows at every epoch end: they are kept as they are
+    written (not found again among every step's row), and a resumed run's come back with them."""
+    log = MetricsLog(None)
+    for step in range(6):
+        log.iteration(step, step // 3, loss=1.0, lr=0.1, times={}, t_iter=0.01, samples=32, wall_s=step)
+        if step == 1:
+            log.epoch(step + 1, 0, wall_s=step, kind="eval", test_acc=0.5, test_loss=1.0)
+        if step % 3 == 2:
+            log.epoch(step + 1, step // 3, wall_s=step + 0.5, train_loss=1.0 - step / 10)
+    scan_epochs = [r for r in log.rows if r["kind"] == "epoch"]
+    assert log.epoch_rows() == scan_epochs and [r["step"] for r in scan_epochs] == [3, 6]
+    assert [r["step"] for r in log.evaluation_rows()] == [2]
+    resumed = MetricsLog(None)
+    resumed.restore(log.rows, log.iter_times)
+    assert resumed.epoch_rows() == scan_epochs and resumed.evaluation_rows() == log.evaluation_rows()
+    assert resumed.iter_times == log.iter_times and resumed.rows is not log.rows
