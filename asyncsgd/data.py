@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 from .config import ConfigError, DatasetConfig, ImageNetConfig, TorchvisionSetConfig
-from .dataset_base import DataSplits, SeededAugment  # noqa: F401 - SeededAugment re-exported
+from .dataset_base import Batch, DataSplits, SeededAugment, collate  # noqa: F401 - SeededAugment re-exported
 
 
 def _on_disk(cfg: DatasetConfig) -> bool:
@@ -129,9 +129,17 @@ def _digits(cfg) -> DataSplits:
 
     def tensors(x, y):
         x = torch.from_numpy((x - mean) / std).unsqueeze(1)  # N x 1 x 8 x 8
-        return TensorDataset(x, torch.from_numpy(y).long())
+        return InMemory(x, torch.from_numpy(y).long())
 
     return DataSplits(tensors(x_train, y_train), tensors(x_test, y_test), (1, 8, 8), 10)
+
+
+class InMemory(TensorDataset):
+    """Samples held as tensors; a batch is fetched with one indexing per tensor (:class:`Batch`)."""
+
+    def __getitems__(self, indices) -> Batch:
+        index = torch.as_tensor(indices)
+        return Batch(*(t[index] for t in self.tensors))
 
 
 class SyntheticImages(Dataset):
@@ -205,13 +213,14 @@ def make_train_loader(
             f"{len(dataset)} training samples; lower train.batch_size"
         )
     sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+                      collate_fn=collate)
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, rank: int, world_size: int, num_workers: int = 0):
     """This rank's strided share of the test set, every sample exactly once across ranks."""
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:

@@ -8,11 +8,13 @@ without importing the other.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 from torch.utils.data import Dataset
+from torch.utils.data import default_collate
 
 
 @dataclass
@@ -21,6 +23,34 @@ class DataSplits:
     test: Dataset
     input_shape: Tuple[int, ...]  # one sample, without the batch dimension
     num_classes: int
+
+
+class Batch(Sequence):
+    """A batch a dataset's ``__getitems__`` fetched whole: one indexing of each column tensor.
+
+    DataLoader hands ``__getitems__`` every index of a batch at once. Sample by sample,
+    then stacked by ``default_collate``, a batch of 32 digits costs 140 us, a quarter of the
+    MLP's step; indexed as one, a few us. :func:`collate` passes the columns through. To
+    any other collate function it is what ``__getitems__`` normally returns, a sequence of
+    (input, label) samples, so a plain DataLoader over the same dataset still works (and
+    gives the same tensors)."""
+
+    def __init__(self, *columns: torch.Tensor):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, i):
+        return tuple(c[i] for c in self.columns)
+
+
+def collate(samples):
+    """The loaders' collate function: a :class:`Batch` as its columns, anything else as
+    ``default_collate`` stacks it."""
+    if isinstance(samples, Batch):
+        return list(samples.columns)
+    return default_collate(samples)
 
 
 class SeededAugment(Dataset):

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .dataset_base import Batch
+
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -112,6 +114,12 @@ class IdxImages(Dataset):
     def __getitem__(self, index: int):
         x = self.images[index].unsqueeze(0).to(torch.float32).div_(255.0)
         return x.sub_(self.mean).div_(self.std), int(self.labels[index])
+
+    def __getitems__(self, indices) -> Batch:
+        """A whole batch at once, the same values as its samples one by one (element-wise arithmetic)."""
+        index = torch.as_tensor(indices)
+        x = self.images[index].unsqueeze(1).to(torch.float32).div_(255.0)
+        return Batch(x.sub_(self.mean).div_(self.std), self.labels[index])
 
 
 def load_split(files: Dict[str, Path], split: str, mean, std) -> IdxImages:

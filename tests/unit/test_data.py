@@ -91,3 +91,26 @@ def test_subset_takes_a_seeded_prefix_and_checks_its_size():
     assert len(load_dataset(cfg, seed=0).train) == 100
     with pytest.raises(ConfigError, match="dataset.subset=5000 is larger than"):
         load_dataset(DigitsConfig(subset=5000), seed=0)
+
+
+def test_in_memory_batches_are_fetched_whole_and_equal_a_plain_loader():
+    """digits' tensors are fetched a batch at a time (Batch, collate); the batches are a plain
+    TensorDataset loader's with the same sampler, and a plain DataLoader over the set still
+    works with the default collate (it sees the Batch as its samples)."""
+    from torch.utils.data import DataLoader
+
+    from asyncsgd.data import Batch, InMemory
+
+    train = load_dataset(DigitsConfig(), seed=0).train
+    assert isinstance(train, InMemory)
+    fetched = train.__getitems__([5, 0, 9])
+    assert isinstance(fetched, Batch) and len(fetched) == 3
+    assert all(torch.equal(a, b) for a, b in zip(fetched[1], train[0]))
+    loader = make_train_loader(train, 32, rank=0, world_size=2, seed=1, shuffle=True)
+    loader.sampler.set_epoch(1)
+    plain = DataLoader(TensorDataset(*train.tensors), batch_size=32, sampler=loader.sampler, drop_last=True)
+    default = DataLoader(train, batch_size=32, sampler=loader.sampler, drop_last=True)
+    got, want, other = list(loader), list(plain), list(default)
+    assert len(got) == len(want) == len(other) == len(train) // 64
+    for (x, y), (xp, yp), (xd, yd) in zip(got, want, other):
+        assert torch.equal(x, xp) and torch.equal(y, yp) and torch.equal(x, xd) and torch.equal(y, yd)

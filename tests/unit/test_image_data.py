@@ -266,3 +266,19 @@ def test_image_folder_checks(tmp_path):
     (root / "val" / "zebra").rmdir()
     (root / "train" / "empty").mkdir()
     assert "train/empty has no images" in _error(ImageNetConfig(root=str(root)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_idx_batches_fetched_whole_equal_the_samples_stacked(mnist_root, workers):
+    """The loaders fetch an idx batch with one indexing (__getitems__); the tensors are those of
+    its samples read one by one and stacked, bit for bit, in DataLoader processes too."""
+    data = load_dataset(MNISTConfig(root=str(mnist_root)), seed=0)
+    loader = make_train_loader(data.train, 16, rank=1, world_size=2, seed=3, shuffle=True, num_workers=workers)
+    loader.sampler.set_epoch(2)
+    order = list(loader.sampler)
+    batches = list(loader)
+    assert len(batches) == len(data.train) // 32
+    for j, (x, y) in enumerate(batches):
+        samples = [data.train[i] for i in order[16 * j: 16 * (j + 1)]]
+        assert torch.equal(x, torch.stack([s[0] for s in samples]))
+        assert y.dtype == torch.int64 and y.tolist() == [s[1] for s in samples]
