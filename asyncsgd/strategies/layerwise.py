@@ -52,7 +52,7 @@ from .base import NonFiniteGradient, Strategy, flat_views
 from .recording import Observation, Recorder
 from .schedule import Chunk, Job, ReductionScheduler, bulk_lane_order, chunk_items, make_plan
 from .split import split_linear_layers
-from .tuning import Layout, LayoutTuner, candidates
+from .tuning import Layout, LayoutTuner, candidates, decide
 
 log = logging.getLogger("asyncsgd")
 
@@ -219,10 +219,10 @@ class LayerwiseStrategy(Strategy):
                      len(self.buckets), len(self.lanes),
                      " | ".join(", ".join(self.buckets[b].label for b in lane) for lane in self.lanes))
 
-    def _choose_layout(self, medians: List[float]) -> int:
-        """bucket_mb=auto: the fastest candidate by rank 0's medians, the same on every rank."""
-        best = min(range(len(medians)), key=medians.__getitem__) if self.comm.rank == 0 else None
-        return self.comm.broadcast_object(best, root=0)
+    def _choose_layout(self, times: List[List[float]], extra_left: int):
+        """bucket_mb=auto: rank 0's verdict on its step times (tuning.decide), the same on every rank."""
+        verdict = decide(times, extra_left=extra_left) if self.comm.rank == 0 else None
+        return self.comm.broadcast_object(verdict, root=0)
 
     def _tune(self) -> None:
         """bucket_mb=auto, at the end of a step's synchronize: time the layout; switch when its turn is over."""

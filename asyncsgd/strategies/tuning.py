@@ -11,10 +11,20 @@ strategy tries each candidate layout for a few steps at the start of the run
 and keeps the fastest; the arithmetic is the same for every layout
 (sequential SGD), only the speed differs.
 
+A few steps each cannot tell layouts apart that differ by less than the
+machine's step-to-step noise (on a 2-core VM 10-20% per step at a 120 ms
+step): the fastest median of four steps then is a coin toss, and a toss
+that keeps the per-layer layout where one reduction after backward is faster
+costs the run up to 12% for good (MPI, 10 Gbit/s, batch 128, 2026-12-02). So
+the choice (:func:`decide`) keeps the one-bucket layout, which runs sync's
+schedule, unless another is faster by more than the trials' noise; where the
+lead is positive but within the noise, the two are timed once more
+(:data:`EXTRA_PASSES`) and judged on all their steps.
+
 Every rank must build the same buckets at the same step. The switches happen
-after fixed numbers of steps (the same on every rank); the only decision that
-depends on timing is the final choice, which rank 0's medians make and one
-broadcast hands to every rank.
+after fixed numbers of steps (the same on every rank); the only decisions that
+depend on timing (keep a layout, or time two again) are rank 0's, and one
+broadcast hands each to every rank.
 """
 from __future__ import annotations
 
@@ -22,10 +32,17 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 SETTLE_STEPS = 1  # left out after each switch: the first step after one finds nothing in flight
-MEASURED_STEPS = 4  # timed per candidate; the median decides
+# left out before the first candidate is timed: a run's first steps are slow (allocator, caches,
+# connections: 200-300 ms against 150-180 at MPI 10 Gbit/s batch 128), which timed the per-layer
+# layout, always first, 20-40% slow (as train.warmup_steps leaves them out of the run's median)
+WARMUP_STEPS = 5
+MEASURED_STEPS = 4  # timed per candidate and turn; the median decides
+MIN_LEAD = 0.03  # a layout replaces one bucket only if at least this much faster (fraction of its median)
+NOISE_FACTOR = 2.0  # ... and faster by more than this many median absolute deviations of the steps
+EXTRA_PASSES = 1  # turns of the two contenders added when the lead is positive but within the noise
 
 
 @dataclass(frozen=True)
@@ -57,27 +74,67 @@ def candidates(chunk_mb: float) -> List[Layout]:
     return [Layout(0.0, chunk_mb), Layout(4.0, chunk_mb), Layout(math.inf, math.inf)]
 
 
+SAFE = 2  # the index in candidates() of one bucket: sync's schedule, the choice when in doubt
+
+
+def _mad(times: Sequence[float]) -> float:
+    m = statistics.median(times)
+    return statistics.median(abs(t - m) for t in times)
+
+
+def decide(times: Sequence[Sequence[float]], extra_left: int = 0, safe: int = SAFE) -> Union[int, List[int]]:
+    """From the step times of each candidate: the index to keep, or the two indices to time again.
+
+    The fastest median is kept if it is ``safe`` or leads it by more than :data:`MIN_LEAD` and
+    by more than :data:`NOISE_FACTOR` median absolute deviations of either's steps (scaled
+    down as the steps timed grow beyond one turn's). A positive lead within that margin,
+    with ``extra_left`` turns left, asks for one more turn of ``[safe, fastest]``; with none
+    left, ``safe`` is kept."""
+    medians = [statistics.median(t) if t else math.inf for t in times]
+    best = min(range(len(medians)), key=medians.__getitem__)
+    if best == safe:
+        return safe
+    lead = medians[safe] - medians[best]
+    samples = min(len(times[best]), len(times[safe]))
+    noise = NOISE_FACTOR * max(_mad(times[best]), _mad(times[safe])) * math.sqrt(MEASURED_STEPS / samples)
+    if lead > max(MIN_LEAD * medians[safe], noise):
+        return best
+    return [safe, best] if lead > 0 and extra_left > 0 else safe
+
+
 class LayoutTuner:
-    """Times each candidate layout in turn; then the fastest, decided by ``choose``.
+    """Times each candidate layout in turn; then the one ``choose`` keeps, or more turns.
 
     Call :meth:`tick` once per step at the same point of the step on every rank. It returns
     the layout to switch to before the next step, or None to keep the current one; after a
-    switch call :meth:`started`. ``choose(medians)`` returns the index of the layout to keep,
-    the same on every rank (rank 0 decides, a broadcast tells the others).
+    switch call :meth:`started`. ``choose(times, extra_left)`` gets every candidate's step
+    times and returns the index of the layout to keep or a list of indices to time once
+    more (:func:`decide`), the same on every rank (rank 0 decides, a broadcast tells the
+    others); ``extra_left`` is how many more turns it may still ask for.
     """
 
-    def __init__(self, layouts: Sequence[Layout], choose: Callable[[List[float]], int],
-                 measured: int = MEASURED_STEPS, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, layouts: Sequence[Layout], choose: Callable[[List[List[float]], int], Union[int, List[int]]],
+                 measured: int = MEASURED_STEPS, clock: Callable[[], float] = time.perf_counter,
+                 extra_passes: int = EXTRA_PASSES, warmup: int = WARMUP_STEPS):
         if not layouts or measured < 1:
             raise ValueError("LayoutTuner needs at least one layout and one measured step")
         self.layouts = list(layouts)
         self.times: List[List[float]] = [[] for _ in self.layouts]
         self.chosen: Optional[Layout] = None
+        self.passes = 1  # rounds of turns so far
         self._choose, self._measured, self._clock = choose, measured, clock
-        self._index = 0
+        self._extra_left = extra_passes
+        self._queue = list(range(len(self.layouts)))  # the turns of this round, in order
+        self._pos = 0
+        self._turn = 0  # steps timed in the current turn
         self._last: Optional[float] = None
         self._steps = 0  # steps ended since the current layout started
+        self._settle = max(SETTLE_STEPS, warmup)  # of the first turn; SETTLE_STEPS after a switch
         self._discard = False  # the step under way did more than train (an evaluation, a checkpoint)
+
+    @property
+    def _index(self) -> int:
+        return self._queue[self._pos]
 
     @property
     def current(self) -> Layout:
@@ -89,7 +146,7 @@ class LayoutTuner:
 
     def started(self) -> None:
         """The current layout is in place; the step that follows is its first."""
-        self._last, self._steps = self._clock(), 0
+        self._last, self._steps, self._settle = self._clock(), 0, SETTLE_STEPS
 
     def discard(self) -> None:
         """Leave the step under way out of the timing (it also evaluated, or wrote a checkpoint)."""
@@ -105,22 +162,31 @@ class LayoutTuner:
             self._last = now
             return None
         self._steps += 1
-        if self._steps > SETTLE_STEPS and not self._discard:
+        if self._steps > self._settle and not self._discard:
             self.times[self._index].append(now - self._last)
+            self._turn += 1
         self._last, self._discard = now, False
-        if len(self.times[self._index]) < self._measured:
+        if self._turn < self._measured:
             return None
-        if self._index + 1 < len(self.layouts):
-            self._index += 1
+        self._turn, timed = 0, self._index
+        if self._pos + 1 < len(self._queue):
+            self._pos += 1
             return self.layouts[self._index]
-        best = self._choose(self.medians())
-        self.chosen = self.layouts[best]
-        return self.chosen if best != self._index else None
+        verdict = self._choose(self.times, self._extra_left)
+        if isinstance(verdict, int):
+            self.chosen = self.layouts[verdict]
+            return self.chosen if verdict != timed else None
+        # another round; it starts with the layout in place when that is one of them (no switch)
+        self._extra_left -= 1
+        self.passes += 1
+        self._queue = sorted(verdict, key=lambda i: i != timed)
+        self._pos = 0
+        return None if self._index == timed else self.layouts[self._index]
 
     def medians(self) -> List[float]:
         return [statistics.median(t) if t else math.inf for t in self.times]
 
     def describe(self) -> dict:
-        return {"chosen": self.chosen.describe() if self.chosen else None,
+        return {"chosen": self.chosen.describe() if self.chosen else None, "passes": self.passes,
                 "tried": [{**layout.describe(), "median_ms": None if math.isinf(m) else round(1e3 * m, 3)}
                           for layout, m in zip(self.layouts, self.medians())]}

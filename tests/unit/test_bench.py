@@ -190,8 +190,8 @@ def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsy
     with pytest.raises(SystemExit) as exc:
         parse_args(["--strategies", "sync,layerwise(priority+auto)", "--steps", "20"])
     assert exc.value.code == 2
-    assert "layerwise(priority+auto) needs at least 30" in capsys.readouterr().err
-    args = parse_args(["--strategies", "layerwise(priority+auto)", "--steps", "30", "--layerwise-buckets", "4"])
+    assert "layerwise(priority+auto) needs at least 44" in capsys.readouterr().err
+    args = parse_args(["--strategies", "layerwise(priority+auto)", "--steps", "44", "--layerwise-buckets", "4"])
     assert list(args.cases) == ["layerwise(priority+auto)"]  # no bucket sweep of an auto layout
     assert args.cases["layerwise(priority+auto)"][-1] == "strategy.bucket_mb=auto"
 
