@@ -8,7 +8,7 @@ and ``sync``) does what a plain training loop does plus its bookkeeping:
 phase timers, the loss and accuracy of every step, metrics rows, the stop
 check. The bare loop is written out below (:func:`bare_loop`): the same model,
 data, batch, optimizer and seed (it reads the config of a runner's run dir),
-one torch thread, a standard DataLoader, ``zero_grad, forward, loss, backward,
+one torch thread, a standard DataLoader reading samples one by one, ``zero_grad, forward, loss, backward,
 step`` and nothing else.
 
 Both are timed the same way: the period between the ends of consecutive steps
@@ -47,6 +47,19 @@ def step_periods(ends: List[float]) -> List[float]:
 
 
 # ------------------------------------------------------------------ the bare loop
+class _Samples:
+    """A dataset as a plain map-style one: ``len`` and one sample per index, nothing batched."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+
 def bare_loop(run_dir: Path, steps: int) -> List[float]:
     """A plain PyTorch training loop with the run's model, data, batch and optimizer; returns
     the time at the end of each step."""
@@ -65,7 +78,9 @@ def bare_loop(run_dir: Path, steps: int) -> List[float]:
     data = load_dataset(cfg.dataset, cfg.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     optimizer = sgd_factory(cfg)(model.parameters())  # the runner's optimizer, so only the loop differs
-    loader = DataLoader(data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
+    # sample by sample, as DataLoader reads a TensorDataset (the runner's loaders fetch an in-memory
+    # batch whole: asyncsgd.dataset_base.Batch, part of what is compared)
+    loader = DataLoader(_Samples(data.train), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
     ends: List[float] = []
     while len(ends) < steps:
         for x, y in loader:
