@@ -78,7 +78,7 @@ def case_overrides(name: str) -> Optional[List[str]]:
 
 
 # cases whose first steps are not steady state for long: the least --steps that leaves 10 after
-# their warm-up (bucket_mb=auto: 1 + 4 + 3 x 5 trial steps, up to 2 x 5 more where two layouts
+# their warm-up (bucket_mb=auto: 1 + 4 + 3 x 5 trial steps, up to 4 + 5 more where two layouts
 # are timed again, then 4 of the kept layout's EDF calibration)
 SLOW_TO_SETTLE = {"layerwise(priority+auto)": 44}
 

@@ -138,7 +138,7 @@ class InMemory(TensorDataset):
     """Samples held as tensors; a batch is fetched with one indexing per tensor (:class:`Batch`)."""
 
     def __getitems__(self, indices) -> Batch:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, dtype=torch.long)
         return Batch(*(t[index] for t in self.tensors))
 
 

@@ -117,7 +117,7 @@ class IdxImages(Dataset):
 
     def __getitems__(self, indices) -> Batch:
         """A whole batch at once, the same values as its samples one by one (element-wise arithmetic)."""
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices, dtype=torch.long)
         x = self.images[index].unsqueeze(1).to(torch.float32).div_(255.0)
         return Batch(x.sub_(self.mean).div_(self.std), self.labels[index])
 

@@ -499,7 +499,8 @@ class LayerwiseStrategy(Strategy):
         state = super().state_dict()
         state["layer_step"] = self._step
         if self.tuner is not None and self.tuner.done:  # a resumed run keeps the layout it chose
-            state["layout"] = {"chosen": self.tuner.layouts.index(self.tuner.chosen), "times": self.tuner.times}
+            state["layout"] = {"chosen": self.tuner.layouts.index(self.tuner.chosen), "times": self.tuner.times,
+                               "passes": self.tuner.passes}
         if self.tuner is None or self.tuner.done:
             state["settled_step"] = self.settled_step
         return state
@@ -508,7 +509,8 @@ class LayerwiseStrategy(Strategy):
         super().load_state_dict(state)
         self._step = int(state["layer_step"])
         if self.tuner is not None and state.get("layout") is not None:
-            self.tuner.restore(int(state["layout"]["chosen"]), state["layout"]["times"])
+            self.tuner.restore(int(state["layout"]["chosen"]), state["layout"]["times"],
+                               int(state["layout"].get("passes", 1)))
             self.layout = self.tuner.chosen
         if state.get("settled_step") is not None and (self.tuner is None or self.tuner.done):
             self._settled_before = int(state["settled_step"])

@@ -37,7 +37,7 @@ from typing import Callable, List, Optional, Sequence, Union
 SETTLE_STEPS = 1  # left out after each switch: the first step after one finds nothing in flight
 # left out before the first candidate is timed: a run's first steps are slow (allocator, caches,
 # connections: 200-300 ms against 150-180 at MPI 10 Gbit/s batch 128), which timed the per-layer
-# layout, always first, 20-40% slow (as train.warmup_steps leaves them out of the run's median)
+# layout, always first, up to 40% slow (as train.warmup_steps leaves them out of the run's median)
 WARMUP_STEPS = 5
 MEASURED_STEPS = 4  # timed per candidate and turn; the median decides
 MIN_LEAD = 0.03  # a layout replaces one bucket only if at least this much faster (fraction of its median)
@@ -152,9 +152,9 @@ class LayoutTuner:
         """Leave the step under way out of the timing (it also evaluated, or wrote a checkpoint)."""
         self._discard = True
 
-    def restore(self, chosen: int, times: List[List[float]]) -> None:
-        """A resumed run: the layout chosen before, with the times that chose it."""
-        self.chosen, self.times = self.layouts[chosen], [list(t) for t in times]
+    def restore(self, chosen: int, times: List[List[float]], passes: int = 1) -> None:
+        """A resumed run: the layout chosen before, with the times and rounds that chose it."""
+        self.chosen, self.times, self.passes = self.layouts[chosen], [list(t) for t in times], passes
 
     def tick(self) -> Optional[Layout]:
         now = self._clock()
@@ -172,7 +172,10 @@ class LayoutTuner:
         if self._pos + 1 < len(self._queue):
             self._pos += 1
             return self.layouts[self._index]
-        verdict = self._choose(self.times, self._extra_left)
+        # a second round judges its contenders alone: a layout not timed again cannot win on old steps
+        contenders = set(self._queue) if self.passes > 1 else set(range(len(self.layouts)))
+        verdict = self._choose([t if i in contenders else [] for i, t in enumerate(self.times)], self._extra_left)
+        self._last = self._clock()  # the decision (a broadcast) is no layout's step time
         if isinstance(verdict, int):
             self.chosen = self.layouts[verdict]
             return self.chosen if verdict != timed else None
