@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from asyncsgd.bench import Cell, common_overrides, expand_cases, family, parse_args, render, summarize
+from asyncsgd.bench import Cell, case_steps, common_overrides, expand_cases, family, parse_args, render, summarize
 
 
 def _runs(*iter_ms, wait_ms=0.0, alone_ms=None):
@@ -185,13 +185,18 @@ def test_a_finished_run_is_read_not_run_again_with_reuse(tmp_path, monkeypatch):
         bench.parse_args(["--reuse"])  # nothing to reuse without --out
 
 
-def test_the_auto_layout_case_needs_enough_steps_and_is_not_run_by_default(capsys):
+def test_the_auto_layout_case_runs_enough_steps_and_is_not_run_by_default(capsys):
     assert "layerwise(priority+auto)" not in parse_args([]).strategies.split(",")
-    with pytest.raises(SystemExit) as exc:
-        parse_args(["--strategies", "sync,layerwise(priority+auto)", "--steps", "20"])
-    assert exc.value.code == 2
-    assert "layerwise(priority+auto) needs at least 44" in capsys.readouterr().err
+    args = parse_args(["--strategies", "sync,layerwise(priority+auto)", "--steps", "30"])
+    # its trials and a second round of two take 34 steps: it runs 44 whatever --steps says, the others 30
+    assert "layerwise(priority+auto) runs 44 steps" in capsys.readouterr().err
+    assert case_steps("layerwise(priority+auto)", 30) == case_steps("layerwise(priority+auto)+nice", 30) == 44
+    assert case_steps("sync", 30) == 30 and case_steps("layerwise(priority+auto)", 60) == 60
+    cell = Cell(None, None, 32)
+    assert "train.max_steps=44" in common_overrides(args, cell, case_steps("layerwise(priority+auto)", args.steps))
+    assert "train.max_steps=30" in common_overrides(args, cell)
     args = parse_args(["--strategies", "layerwise(priority+auto)", "--steps", "44", "--layerwise-buckets", "4"])
+    assert capsys.readouterr().err == ""
     assert list(args.cases) == ["layerwise(priority+auto)"]  # no bucket sweep of an auto layout
     assert args.cases["layerwise(priority+auto)"][-1] == "strategy.bucket_mb=auto"
 
@@ -207,8 +212,8 @@ def test_any_case_runs_with_the_training_thread_yielding_to_the_backend_too(caps
     with pytest.raises(SystemExit) as exc:
         parse_args(["--strategies", "sync+nicer"])
     assert exc.value.code == 2 and "unknown sync+nicer" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # the variant of a slow case needs its steps too
-        parse_args(["--strategies", "layerwise(priority+auto)+nice", "--steps", "20"])
+    parse_args(["--strategies", "layerwise(priority+auto)+nice", "--steps", "20"])  # the variant of a slow case
+    assert "layerwise(priority+auto)+nice runs 44 steps" in capsys.readouterr().err  # runs its steps too
     # a +nice case is its own family (never the best DDP the others are compared with), and DDP's
     # variant is dropped on MPI like DDP
     assert family("ddp+nice") == "ddp+nice" and family("ddp(4MB)") == "ddp"
