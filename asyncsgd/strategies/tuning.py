@@ -13,9 +13,9 @@ and keeps the fastest; the arithmetic is the same for every layout
 
 A few steps each cannot tell layouts apart that differ by less than the
 machine's step-to-step noise (on a 2-core VM 10-20% per step at a 120 ms
-step): the fastest median of four steps then is a coin toss, and a toss
-that keeps the per-layer layout where one reduction after backward is faster
-costs the run up to 12% for good (MPI, 10 Gbit/s, batch 128, 2026-12-02). So
+step): the fastest median of four steps then is a coin toss, and each
+repeat kept a different layout at MPI 10 Gbit/s batch 128, where `auto` ran
+0.88x sync for the whole run (2026-12-02). So
 the choice (:func:`decide`) keeps the one-bucket layout, which runs sync's
 schedule, unless another is faster by more than the trials' noise; where the
 lead is positive but within the noise, the two are timed once more
