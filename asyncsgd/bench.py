@@ -129,7 +129,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     unknown = [s for s in args.strategies.split(",") if case_overrides(s) is None]
     if unknown:
         p.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(CASES)} (each also with {NICE} appended)")
-    slow = [s for s in args.strategies.split(",") if args.steps < case_steps(s, args.steps) and s]
+    slow = [s for s in args.strategies.split(",") if args.steps < case_steps(s, args.steps)]
     if slow:
         print(f"asyncsgd-bench: {', '.join(slow)} runs {max(case_steps(s, args.steps) for s in slow)} steps "
               f"(its first steps time candidate layouts), the other cases --steps {args.steps}", file=sys.stderr)

@@ -8,8 +8,8 @@ and ``sync``) does what a plain training loop does plus its bookkeeping:
 phase timers, the loss and accuracy of every step, metrics rows, the stop
 check. The bare loop is written out below (:func:`bare_loop`): the same model,
 data, batch, optimizer and seed (it reads the config of a runner's run dir),
-one torch thread, a standard DataLoader reading samples one by one, ``zero_grad, forward, loss, backward,
-step`` and nothing else.
+one torch thread, a standard DataLoader reading samples one by one,
+``zero_grad, forward, loss, backward, step`` and nothing else.
 
 Both are timed the same way: the period between the ends of consecutive steps
 (the runner's from ``wall_s`` of its metrics rows, which includes everything

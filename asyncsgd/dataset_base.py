@@ -30,10 +30,10 @@ class Batch(Sequence):
 
     DataLoader hands ``__getitems__`` every index of a batch at once. Sample by sample,
     then stacked by ``default_collate``, the digits MLP's data phase (batch 32) took 148 us
-    of its ~0.6 ms step; indexed as one, 58 us (most of it DataLoader's own per-batch work). :func:`collate` passes the columns through. To
-    any other collate function it is what ``__getitems__`` normally returns, a sequence of
-    (input, label) samples, so a plain DataLoader over the same dataset still works (and
-    gives the same tensors)."""
+    of its ~0.6 ms step; indexed as one, 58 us (most of it DataLoader's own per-batch work).
+    :func:`collate` passes the columns through. To any other collate function it is what
+    ``__getitems__`` normally returns, a sequence of (input, label) samples, so a plain
+    DataLoader over the same dataset still works (and gives the same tensors)."""
 
     def __init__(self, *columns: torch.Tensor):
         self.columns = columns

@@ -15,11 +15,11 @@ A few steps each cannot tell layouts apart that differ by less than the
 machine's step-to-step noise (on a 2-core VM 10-20% per step at a 120 ms
 step): the fastest median of four steps then is a coin toss, and each
 repeat kept a different layout at MPI 10 Gbit/s batch 128, where `auto` ran
-0.88x sync for the whole run (2026-12-02). So
-the choice (:func:`decide`) keeps the one-bucket layout, which runs sync's
-schedule, unless another is faster by more than the trials' noise; where the
-lead is positive but within the noise, the two are timed once more
-(:data:`EXTRA_PASSES`) and judged on all their steps.
+0.88x sync for the whole run (2026-12-02). So the choice (:func:`decide`)
+keeps the one-bucket layout, which runs sync's schedule, unless another is
+faster by more than the trials' noise; where the lead is positive but within
+the noise, the two are timed once more (:data:`EXTRA_PASSES`) and judged on
+all their steps.
 
 Every rank must build the same buckets at the same step. The switches happen
 after fixed numbers of steps (the same on every rank); the only decisions that
