@@ -77,6 +77,11 @@ def candidates(chunk_mb: float) -> List[Layout]:
 SAFE = 2  # the index in candidates() of one bucket: sync's schedule, the choice when in doubt
 
 
+def medians(times: Sequence[Sequence[float]]) -> List[float]:
+    """The median of each candidate's step times (inf for one not timed)."""
+    return [statistics.median(t) if t else math.inf for t in times]
+
+
 def _mad(times: Sequence[float]) -> float:
     m = statistics.median(times)
     return statistics.median(abs(t - m) for t in times)
@@ -90,14 +95,14 @@ def decide(times: Sequence[Sequence[float]], extra_left: int = 0, safe: int = SA
     down as the steps timed grow beyond one turn's). A positive lead within that margin,
     with ``extra_left`` turns left, asks for one more turn of ``[safe, fastest]``; with none
     left, ``safe`` is kept."""
-    medians = [statistics.median(t) if t else math.inf for t in times]
-    best = min(range(len(medians)), key=medians.__getitem__)
+    median = medians(times)
+    best = min(range(len(median)), key=median.__getitem__)
     if best == safe:
         return safe
-    lead = medians[safe] - medians[best]
+    lead = median[safe] - median[best]
     samples = min(len(times[best]), len(times[safe]))
     noise = NOISE_FACTOR * max(_mad(times[best]), _mad(times[safe])) * math.sqrt(MEASURED_STEPS / samples)
-    if lead > max(MIN_LEAD * medians[safe], noise):
+    if lead > max(MIN_LEAD * median[safe], noise):
         return best
     return [safe, best] if lead > 0 and extra_left > 0 else safe
 
@@ -123,7 +128,7 @@ class LayoutTuner:
         self.chosen: Optional[Layout] = None
         self.passes = 1  # rounds of turns so far
         self._choose, self._measured, self._clock = choose, measured, clock
-        self._extra_left = extra_passes
+        self._extra_passes = extra_passes
         self._queue = list(range(len(self.layouts)))  # the turns of this round, in order
         self._pos = 0
         self._turn = 0  # steps timed in the current turn
@@ -172,22 +177,23 @@ class LayoutTuner:
         if self._pos + 1 < len(self._queue):
             self._pos += 1
             return self.layouts[self._index]
-        # a second round judges its contenders alone: a layout not timed again cannot win on old steps
-        contenders = set(self._queue) if self.passes > 1 else set(range(len(self.layouts)))
-        verdict = self._choose([t if i in contenders else [] for i, t in enumerate(self.times)], self._extra_left)
+        # a round is judged on its own contenders: in a second one, a layout not timed again cannot
+        # win on old steps
+        contenders = set(self._queue)
+        verdict = self._choose([t if i in contenders else [] for i, t in enumerate(self.times)],
+                               self._extra_passes - (self.passes - 1))
         self._last = self._clock()  # the decision (a broadcast) is no layout's step time
         if isinstance(verdict, int):
             self.chosen = self.layouts[verdict]
             return self.chosen if verdict != timed else None
         # another round; it starts with the layout in place when that is one of them (no switch)
-        self._extra_left -= 1
         self.passes += 1
         self._queue = sorted(verdict, key=lambda i: i != timed)
         self._pos = 0
         return None if self._index == timed else self.layouts[self._index]
 
     def medians(self) -> List[float]:
-        return [statistics.median(t) if t else math.inf for t in self.times]
+        return medians(self.times)
 
     def describe(self) -> dict:
         return {"chosen": self.chosen.describe() if self.chosen else None, "passes": self.passes,
