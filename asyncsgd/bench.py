@@ -483,7 +483,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             slug = f"{cell.link or 'loopback'}-b{cell.batch}/{slug}"
         slug = re.sub(r"[^A-Za-z0-9/]+", "-", slug).strip("-")  # Hydra's grammar dislikes ( ) =
         try:
-            overrides = common_overrides(args, cell, case_steps(family(name), args.steps)) + args.cases[name]
+            overrides = common_overrides(args, cell, case_steps(name, args.steps)) + args.cases[name]
             samples[cell][name].append(run_case(out / f"{slug}-{repeat}", overrides, args.reuse))
         except RuntimeError as exc:
             print(f"asyncsgd-bench: {exc}", file=sys.stderr)
